@@ -1,0 +1,8 @@
+"""noisecraft: diffusion image generation, CPU first."""
+from noisecraft.diffusion import NoiseSchedule
+from noisecraft.errors import NoisecraftError
+from noisecraft.models import load_model
+from noisecraft.samplers import SAMPLERS, sample
+from noisecraft.version import __version__
+
+__all__ = ["NoiseSchedule", "NoisecraftError", "SAMPLERS", "load_model", "sample", "__version__"]

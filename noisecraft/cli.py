@@ -1,0 +1,233 @@
+"""The `noisecraft` command: argument parsing and calling the library, nothing else.
+
+User errors become one line `error: ...` on stderr and exit code 2."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from noisecraft.errors import NoisecraftError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode=None, help="Diffusion image generation: train, sample, and see the process.")
+
+QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar.")
+DEVICE = typer.Option("auto", help="auto | cpu | cuda (auto picks cuda when present).")
+
+
+def _check_seed(seed: int) -> int:
+    if seed < 0:
+        raise NoisecraftError(f"--seed must be >= 0, got {seed}")
+    return seed
+
+
+@app.command()
+def train(
+    out: Path = typer.Option(..., help="Model directory to create (config.json, model.safetensors, checkpoint/)."),
+    data: str = typer.Option("digits", help="digits | fashion-mnist | faces | an image folder."),
+    preset: str = typer.Option("tiny", help="UNet preset: tiny | small | base."),
+    model: str = typer.Option("diffusion", help="Model family."),
+    batch_size: int = typer.Option(32, help="Global batch size."),
+    lr: float = typer.Option(2e-3, help="Peak AdamW learning rate."),
+    max_steps: Optional[int] = typer.Option(None, help="Stop after this many optimizer steps in total."),
+    max_minutes: Optional[float] = typer.Option(None, help="Stop after this many minutes of this run."),
+    checkpoint_every: int = typer.Option(500, help="Write the model and a resumable checkpoint every N steps."),
+    sample_every: Optional[int] = typer.Option(None, help="Write a sample grid every N steps (default: at checkpoints; 0: never)."),
+    resume: bool = typer.Option(False, help="Continue the run in --out from its checkpoint."),
+    seed: int = typer.Option(0, help="Same seed and options give the same weights on CPU."),
+    cond: str = typer.Option("none", help="none | class."),
+    prediction: str = typer.Option("epsilon", help="epsilon | sample | v_prediction."),
+    schedule: str = typer.Option("linear", help="Noise schedule: linear | cosine."),
+    min_snr_gamma: float = typer.Option(5.0, help="Min-SNR-gamma loss weighting (Hang et al. 2023); 0 turns it off."),
+    ema_decay: float = typer.Option(0.999, help="EMA decay of the weights used for sampling."),
+    device: str = DEVICE,
+    quiet: bool = QUIET,
+):
+    """Train a denoising model on a data source."""
+    from noisecraft.device import resolve_device
+    from noisecraft.train.loop import TrainOptions, train as run
+
+    opts = TrainOptions(data=data, out=str(out), preset=preset, model=model, batch_size=batch_size, lr=lr,
+                        max_steps=max_steps, max_minutes=max_minutes, checkpoint_every=checkpoint_every,
+                        sample_every=sample_every, resume=resume, seed=_check_seed(seed), cond=cond,
+                        prediction=prediction, schedule=schedule, min_snr_gamma=min_snr_gamma, ema_decay=ema_decay,
+                        device=str(resolve_device(device)))
+    path = run(opts, log=lambda msg: typer.echo(msg, err=True), progress=not quiet)
+    typer.echo(f"model written to {path}")
+
+
+def _class_labels(model, value: str, n: int):
+    import torch
+
+    names = model.config.class_names or []
+    if not model.config.unet.num_classes:
+        raise NoisecraftError("this model is unconditional: drop --class")
+    if value.isdigit() and int(value) < model.config.unet.num_classes:
+        index = int(value)
+    else:
+        lowered = [c.lower() for c in names]
+        if value.lower() not in lowered:
+            raise NoisecraftError(f"unknown class {value!r}: use an index below {model.config.unet.num_classes} "
+                                  f"or one of {', '.join(names)}")
+        index = lowered.index(value.lower())
+    return torch.full((n,), index, dtype=torch.long), names[index] if names else str(index)
+
+
+@app.command()
+def sample(
+    out: Path = typer.Option(..., help="Folder for 0000.png, 0001.png, ... and grid.png."),
+    model: str = typer.Option("digits", help="A shipped model name (see `noisecraft models`) or a model directory."),
+    n: int = typer.Option(16, help="Number of images."),
+    sampler: str = typer.Option("ddim", help="Sampler name (see noisecraft.SAMPLERS)."),
+    steps: Optional[int] = typer.Option(None, help="Solver steps (default: the sampler's own)."),
+    spacing: Optional[str] = typer.Option(None, help="Timestep grid: leading | trailing | linspace."),
+    eta: float = typer.Option(0.0, help="Stochasticity of DDIM (0 deterministic, 1 = DDPM)."),
+    seed: int = typer.Option(0, help="Image i uses seed SEED+i."),
+    class_: Optional[str] = typer.Option(None, "--class", help="Class index or name (class-conditional models)."),
+    prompt: Optional[str] = typer.Option(None, help="Text prompt (text-conditional models)."),
+    negative_prompt: Optional[str] = typer.Option(None, help="Negative prompt (text-conditional models)."),
+    guidance: float = typer.Option(1.0, help="Classifier-free guidance scale (1 = off)."),
+    batch_size: int = typer.Option(64, help="Images per forward pass."),
+    gif: Optional[Path] = typer.Option(None, help="Also write the reverse process (x_t beside predicted x_0) as a GIF."),
+    device: str = DEVICE,
+    quiet: bool = QUIET,
+):
+    """Generate images from pure noise."""
+    import torch
+    from tqdm import tqdm
+
+    from noisecraft.device import resolve_device
+    from noisecraft.io import save_gif, save_png
+    from noisecraft.models import load_model
+    from noisecraft.samplers import get_sampler, sample as run_sampler
+    from noisecraft.version import __version__
+    from noisecraft.viz import make_grid, reverse_frame, to_pil
+
+    _check_seed(seed)
+    if n < 1 or batch_size < 1:
+        raise NoisecraftError("--n and --batch-size must be at least 1")
+    if prompt is not None or negative_prompt is not None:
+        raise NoisecraftError("this version has no text-conditional models: drop --prompt/--negative-prompt")
+    fn = get_sampler(sampler)
+    steps = fn.default_steps if steps is None else steps
+    dev = resolve_device(device)
+    net = load_model(model, device=dev)
+    cond, label = {}, None
+    if class_ is not None:
+        labels, label = _class_labels(net, class_, n)
+    meta = {"model": model, "sampler": sampler, "steps": steps, "spacing": spacing or fn.default_spacing,
+            "eta": eta, "guidance": guidance, "class": label, "noisecraft": __version__}
+    bar = tqdm(total=-(-n // batch_size) * steps, disable=quiet, unit="step", dynamic_ncols=True)
+    frames, record_every = [], max(1, steps // 100)
+    images = []
+    for start in range(0, n, batch_size):
+        b = min(batch_size, n - start)
+        gens = [torch.Generator().manual_seed(seed + start + i) for i in range(b)]
+        if class_ is not None:
+            cond = {"class_labels": labels[start:start + b].to(dev)}
+
+        def callback(i, x_t, x0, first=start == 0):
+            bar.update(1)
+            if gif is not None and first and (i % record_every == 0 or i == steps - 1):
+                frames.append(reverse_frame(x_t[:16], x0[:16], f"step {i + 1}/{steps}", nrow=4))
+
+        images.append(run_sampler(net, (b, *net.config.image_shape), sampler=sampler, steps=steps, spacing=spacing,
+                                  eta=eta, generator=gens, cond=cond, guidance_scale=guidance, callback=callback).cpu())
+    bar.close()
+    x = torch.cat(images)
+    out.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        save_png(out / f"{i:04d}.png", to_pil(x[i]), meta | {"seed": seed + i})
+    save_png(out / "grid.png", make_grid(x), meta | {"seed": f"{seed}..{seed + n - 1}"})
+    if gif is not None:
+        save_gif(gif, frames)
+        typer.echo(f"reverse process written to {gif}")
+    typer.echo(f"{n} images written to {out}")
+
+
+@app.command()
+def forward(
+    out: Path = typer.Option(..., help="Folder for forward.png and schedule.png."),
+    data: str = typer.Option("digits", help="Data source to take images from."),
+    image: Optional[Path] = typer.Option(None, help="Use this image file instead of --data."),
+    n: int = typer.Option(4, help="Number of images (rows)."),
+    t: str = typer.Option("0,50,100,200,300,500,700,999", help="Comma-separated timesteps in [0, T-1]."),
+    schedule: str = typer.Option("linear", help="linear | cosine."),
+    timesteps_total: int = typer.Option(1000, "--num-timesteps", help="T, the schedule length."),
+    size: Optional[int] = typer.Option(None, help="Resize images to SIZE x SIZE (default: native)."),
+    seed: int = typer.Option(0, help="Seed of the noise."),
+):
+    """Show the forward process q(x_t | x_0) destroying images, and the schedule."""
+    import torch
+    from PIL import Image, UnidentifiedImageError
+
+    from noisecraft.data import load_dataset
+    from noisecraft.diffusion import NoiseSchedule, ScheduleConfig
+    from noisecraft.io import atomic_write_bytes, save_png
+    from noisecraft.viz import figure_png, forward_strip, from_pil, schedule_figure
+
+    _check_seed(seed)
+    try:
+        ts = [int(v) for v in t.split(",") if v.strip()]
+    except ValueError:
+        raise NoisecraftError(f"--t must be comma-separated integers, got {t!r}") from None
+    s = NoiseSchedule.from_config(ScheduleConfig(kind=schedule, num_timesteps=timesteps_total))
+    if not ts or min(ts) < 0 or max(ts) >= s.num_timesteps:
+        raise NoisecraftError(f"--t values must lie in [0, {s.num_timesteps - 1}], got {t!r}")
+    if n < 1:
+        raise NoisecraftError("--n must be at least 1")
+    if image is not None:
+        try:
+            with Image.open(image) as img:
+                img.load()
+                pil = img.convert("RGB") if img.mode not in ("L", "RGB") else img.copy()
+        except FileNotFoundError:
+            raise NoisecraftError(f"--image {image} does not exist") from None
+        except (UnidentifiedImageError, OSError) as e:
+            raise NoisecraftError(f"--image {image} is not a readable image ({e})") from None
+        if size:
+            pil = pil.resize((size, size), Image.LANCZOS)
+        x0 = from_pil(pil, 1 if pil.mode == "L" else 3)[None]
+    else:
+        x0 = load_dataset(data, image_size=size).images[:n]
+    strip = forward_strip(x0, s, [-1] + ts, generator=torch.Generator().manual_seed(seed))
+    save_png(out / "forward.png", strip, {"schedule": schedule, "t": t, "seed": seed})
+    others = {"linear": NoiseSchedule.linear(timesteps_total), "cosine": NoiseSchedule.cosine(timesteps_total)}
+    atomic_write_bytes(out / "schedule.png", figure_png(schedule_figure(others)))
+    typer.echo(f"forward process written to {out / 'forward.png'}; schedules to {out / 'schedule.png'}")
+
+
+@app.command()
+def models():
+    """List the shipped models."""
+    from noisecraft.models import list_models
+
+    for name, description in list_models():
+        typer.echo(f"{name:16s} {description}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    command = typer.main.get_command(app)
+    try:
+        rc = command.main(args=argv, prog_name="noisecraft", standalone_mode=False)
+    except NoisecraftError as e:
+        _fail(str(e))
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        _fail("aborted", code=130)
+    except typer.TyperException as e:  # usage errors: bad option value, missing option, unknown command
+        _fail(e.format_message() if hasattr(e, "format_message") else str(e))
+    except KeyboardInterrupt:
+        _fail("interrupted", code=130)
+    except OSError as e:
+        _fail(f"{e.strerror or e}: {e.filename}" if e.filename else str(e))
+    sys.exit(rc if isinstance(rc, int) else 0)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    print(f"error: {message.splitlines()[0] if message else 'failed'}", file=sys.stderr)
+    sys.exit(code)

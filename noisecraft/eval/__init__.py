@@ -1,0 +1,1 @@
+"""Evaluation: domain classifiers and sample-quality checks."""

@@ -1,0 +1,155 @@
+"""Model directories (config.json + model.safetensors) and the model protocol around a UNet."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save as save_tensors
+from torch import nn
+
+from noisecraft.diffusion import NoiseSchedule, ScheduleConfig, check_prediction
+from noisecraft.errors import NoisecraftError
+from noisecraft.io import atomic_write_bytes, atomic_write_json
+from noisecraft.nets import UNet, UNetConfig
+from noisecraft.version import __version__
+
+CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild a model and use it: what config.json holds."""
+
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    prediction: str = "epsilon"
+    family: str = "diffusion"
+    cond: str = "none"                       # "none" | "class" | "text"
+    data: str = ""                           # the source it was trained on
+    class_names: list[str] | None = None
+    description: str = ""
+    noisecraft_version: str = __version__
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return (self.unet.in_channels, self.unet.image_size, self.unet.image_size)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        d = dict(d)
+        try:
+            unet = UNetConfig.from_dict(d.pop("unet"))
+            schedule = ScheduleConfig(**d.pop("schedule"))
+            config = cls(unet=unet, schedule=schedule, **d)
+        except (KeyError, TypeError) as e:
+            raise NoisecraftError(f"config.json is not a noisecraft model config ({e})") from None
+        check_prediction(config.prediction)
+        return config
+
+
+class DiffusionModel(nn.Module):
+    """The model protocol of DESIGN.md §2: model(x_t, t, **cond) -> prediction, plus the
+    schedule and parameterization it was trained with."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.net = UNet(config.unet)
+        self.schedule = NoiseSchedule.from_config(config.schedule)
+        self.prediction = config.prediction
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, **cond) -> torch.Tensor:
+        return self.net(x_t, t, **cond)
+
+    def null_cond(self, cond: dict) -> dict:
+        """The "no condition" input for classifier-free guidance, batched like `cond`."""
+        if "class_labels" in cond and self.config.unet.num_classes:
+            return {"class_labels": torch.full_like(cond["class_labels"], self.config.unet.num_classes)}
+        raise NoisecraftError("this model was not trained with a droppable condition: set guidance to 1")
+
+
+def models_root() -> Path:
+    """Where shipped models live: $NOISECRAFT_MODELS, else the repository's models/ folder."""
+    return Path(os.environ.get("NOISECRAFT_MODELS", Path(__file__).resolve().parent.parent / "models"))
+
+
+def list_models() -> list[tuple[str, str]]:
+    """(name, description) of each shipped model."""
+    root = models_root()
+    out = []
+    for d in sorted(root.iterdir()) if root.is_dir() else []:
+        if (d / CONFIG_FILE).is_file():
+            out.append((d.name, json.loads((d / CONFIG_FILE).read_text()).get("description", "")))
+    return out
+
+
+def resolve_model_dir(name_or_dir: str | Path) -> Path:
+    path = Path(name_or_dir)
+    if path.is_dir():
+        return path
+    shipped = models_root() / str(name_or_dir)
+    if "/" not in str(name_or_dir) and (shipped / CONFIG_FILE).is_file():
+        return shipped
+    names = ", ".join(n for n, _ in list_models()) or "none"
+    raise NoisecraftError(f"unknown model {str(name_or_dir)!r}: use a shipped name ({names}) or a model directory")
+
+
+def read_config(model_dir: Path) -> ModelConfig:
+    path = model_dir / CONFIG_FILE
+    if not path.is_file():
+        raise NoisecraftError(f"{model_dir} is not a model directory: {CONFIG_FILE} is missing")
+    try:
+        return ModelConfig.from_dict(json.loads(path.read_text()))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise NoisecraftError(f"{path} is not valid JSON ({e.msg if hasattr(e, 'msg') else e})") from None
+
+
+def load_state(module: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
+    """load_state_dict with a clear error when the file does not fit the architecture."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = [k for k in own if k in state and own[k].shape != state[k].shape]
+    if missing or unexpected or wrong:
+        detail = (f"{wrong[0]} is {tuple(state[wrong[0]].shape)} in the file but {tuple(own[wrong[0]].shape)} in the config"
+                  if wrong else f"missing {missing[:2]}, unexpected {unexpected[:2]}")
+        raise NoisecraftError(f"{source} does not match its config.json ({detail}): the weights and config belong to different models")
+    module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise NoisecraftError(f"{path} is missing: the model directory is incomplete")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise NoisecraftError(f"{path} is not a readable safetensors file ({e}): re-train or re-copy the model") from None
+
+
+def load_model(name_or_dir: str | Path, device: str | torch.device = "cpu") -> DiffusionModel:
+    """A shipped model by name (see `list_models()`) or a model directory, in eval mode."""
+    model_dir = resolve_model_dir(name_or_dir)
+    config = read_config(model_dir)
+    if config.family != "diffusion":
+        raise NoisecraftError(f"{model_dir} holds a {config.family!r} model; this noisecraft loads diffusion models")
+    model = DiffusionModel(config)
+    load_state(model.net, read_weights(model_dir / WEIGHTS_FILE), model_dir / WEIGHTS_FILE)
+    return model.to(device).eval()
+
+
+def save_model(model_dir: str | Path, config: ModelConfig, net_state: dict[str, torch.Tensor],
+               dtype: torch.dtype = torch.float32) -> Path:
+    """Write config.json and model.safetensors, each atomically; weights first, so a config
+    never points at weights that are not there yet."""
+    model_dir = Path(model_dir)
+    tensors = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous() for k, v in net_state.items()}
+    atomic_write_bytes(model_dir / WEIGHTS_FILE, save_tensors(tensors, metadata={"format": "pt"}))
+    atomic_write_json(model_dir / CONFIG_FILE, config.to_dict())
+    return model_dir

@@ -1,0 +1,57 @@
+"""What every sampler shares: the denoiser it calls, the noise it draws, its metadata.
+
+A sampler is a plain function
+    sampler(denoise, x, timesteps, schedule, *, noise, eta, callback) -> x_0
+where `denoise(x_t, t) -> (x0_hat, eps_hat)` hides the network, its parameterization,
+conditioning and clipping; `timesteps` is the decreasing float64 grid (one entry per solver
+step); `noise()` draws a fresh standard normal tensor shaped like x (per-image generators
+respected); `callback(i, x_t, x0_hat)` runs after each step.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+from noisecraft.diffusion import NoiseSchedule, eps_from_x0, to_x0_eps
+from noisecraft.errors import NoisecraftError
+
+Denoiser = Callable[[torch.Tensor, float], tuple[torch.Tensor, torch.Tensor]]
+
+
+def sampler_info(*, nfe: Callable[[int], int], default_steps: int, default_spacing: str):
+    """Attach a sampler's documented cost (model calls as a function of steps) and defaults."""
+    def mark(fn):
+        fn.nfe, fn.default_steps, fn.default_spacing = nfe, default_steps, default_spacing
+        return fn
+    return mark
+
+
+def alpha_bar_grid(schedule: NoiseSchedule, timesteps: torch.Tensor) -> torch.Tensor:
+    """alpha_bar at each grid point plus a final 1.0 for the clean image: (steps + 1,) float64."""
+    return torch.cat([schedule.alpha_bar(timesteps), torch.ones(1, dtype=torch.float64)])
+
+
+def make_noise(shape: Sequence[int], generator, device) -> Callable[[], torch.Tensor]:
+    """Standard normal draws. A list of generators gives image i its own stream, so image i
+    is the same whatever batch it is drawn in (EDM's StackedRandomGenerator)."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != shape[0]:
+            raise NoisecraftError(f"got {len(generator)} generators for a batch of {shape[0]}: pass one per image")
+        return lambda: torch.stack([torch.randn(shape[1:], generator=g, device=g.device) for g in generator]).to(device)
+    if generator is None:
+        return lambda: torch.randn(shape, device=device)
+    return lambda: torch.randn(shape, generator=generator, device=generator.device).to(device)
+
+
+def make_denoiser(model, schedule: NoiseSchedule, prediction: str, cond: dict, clip_denoised: bool) -> Denoiser:
+    def denoise(x: torch.Tensor, t: float) -> tuple[torch.Tensor, torch.Tensor]:
+        t_batch = torch.full((x.shape[0],), float(t), device=x.device)
+        a = schedule.alpha_bar(float(t)).to(device=x.device, dtype=torch.float32)
+        x0, eps = to_x0_eps(model(x, t_batch, **cond).float(), x, a, prediction)
+        if clip_denoised:
+            # As diffusers' clip_sample: clip x_0 to the data range, then make eps consistent with it.
+            x0 = x0.clamp(-1, 1)
+            eps = eps_from_x0(x, x0, a)
+        return x0, eps
+    return denoise

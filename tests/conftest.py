@@ -1,0 +1,11 @@
+import pytest
+
+from noisecraft.train.loop import TrainOptions, train
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A real (barely trained) digits model directory, shared by tests that only need the format."""
+    out = tmp_path_factory.mktemp("models") / "tiny"
+    return train(TrainOptions(data="digits", out=str(out), batch_size=16, max_steps=4, checkpoint_every=4,
+                              sample_every=0), log=lambda m: None, progress=False)

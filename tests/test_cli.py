@@ -1,0 +1,135 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from noisecraft.cli import main
+
+
+def run(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return e.value.code, out, err
+
+
+def assert_user_error(code, err, match):
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and match in lines[0], err
+    assert "Traceback" not in err
+
+
+def test_sample_writes_pngs_grid_and_metadata(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "s"
+    code, stdout, _ = run(["sample", "--model", tiny_model_dir, "--n", 3, "--seed", 7, "--steps", 5,
+                           "--out", out, "--quiet", "--gif", tmp_path / "r.gif"], capsys)
+    assert code == 0 and "3 images" in stdout
+    assert sorted(p.name for p in out.iterdir()) == ["0000.png", "0001.png", "0002.png", "grid.png"]
+    meta = Image.open(out / "0002.png").text
+    assert meta["seed"] == "9" and meta["sampler"] == "ddim" and meta["steps"] == "5" and meta["model"] == str(tiny_model_dir)
+    gif = Image.open(tmp_path / "r.gif")
+    assert gif.n_frames == 5
+
+
+def test_image_i_uses_seed_s_plus_i_whatever_the_batch(tiny_model_dir, tmp_path, capsys):
+    run(["sample", "--model", tiny_model_dir, "--n", 4, "--seed", 10, "--steps", 4, "--batch-size", 3,
+         "--out", tmp_path / "a", "--quiet"], capsys)
+    run(["sample", "--model", tiny_model_dir, "--n", 1, "--seed", 13, "--steps", 4, "--out", tmp_path / "b", "--quiet"], capsys)
+    a = np.asarray(Image.open(tmp_path / "a" / "0003.png"))
+    b = np.asarray(Image.open(tmp_path / "b" / "0000.png"))
+    assert np.array_equal(a, b)
+
+
+def test_forward_writes_strip_and_schedule_plot(tmp_path, capsys):
+    code, _, err = run(["forward", "--data", "digits", "--n", 2, "--t", "0,500,999", "--out", tmp_path], capsys)
+    assert code == 0, err
+    assert Image.open(tmp_path / "forward.png").size[0] > 4 * 64 and (tmp_path / "schedule.png").stat().st_size > 1000
+
+
+def test_forward_of_an_image_file(tmp_path, capsys):
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(tmp_path / "in.png")
+    code, _, err = run(["forward", "--image", tmp_path / "in.png", "--size", 16, "--out", tmp_path / "o"], capsys)
+    assert code == 0, err
+
+
+def test_models_lists_the_shipped_digits_model(capsys):
+    code, out, _ = run(["models"], capsys)
+    assert code == 0 and out.split()[0] == "digits"
+
+
+def test_train_from_the_cli_and_a_truncated_png_is_skipped_with_a_count(tmp_path, capsys):
+    data = tmp_path / "imgs"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)).save(data / f"{i}.png")
+    good = (data / "0.png").read_bytes()
+    (data / "bad.png").write_bytes(good[: len(good) // 2])
+    code, out, err = run(["train", "--data", data, "--out", tmp_path / "m", "--max-steps", 2, "--batch-size", 4,
+                          "--quiet", "--sample-every", 0], capsys)
+    assert code == 0, err
+    assert "skipped 1 unreadable image" in err and (tmp_path / "m" / "model.safetensors").exists()
+
+
+def _non_images(tmp_path):
+    d = tmp_path / "notimages"
+    d.mkdir()
+    (d / "a.png").write_text("this is not a png")
+    (d / "b.jpg").write_text("nor is this")
+    return d
+
+
+def _mismatched_model(src, tmp_path):
+    dst = tmp_path / "mismatch"
+    dst.mkdir()
+    config = json.loads((src / "config.json").read_text())
+    config["unet"]["base_channels"] = 48
+    (dst / "config.json").write_text(json.dumps(config))
+    (dst / "model.safetensors").write_bytes((src / "model.safetensors").read_bytes())
+    return dst
+
+
+def _corrupt_weights(src, tmp_path):
+    dst = tmp_path / "corrupt"
+    dst.mkdir()
+    (dst / "config.json").write_text((src / "config.json").read_text())
+    (dst / "model.safetensors").write_bytes(b"\x00" * 100)
+    return dst
+
+
+BAD = {
+    "missing data path": (lambda d, m: ["train", "--data", d / "nope", "--out", d / "o", "--max-steps", 1], "unknown data source"),
+    "empty folder": (lambda d, m: ["train", "--data", (d / "empty").mkdir() or d / "empty", "--out", d / "o", "--max-steps", 1], "no images"),
+    "folder of non-images": (lambda d, m: ["train", "--data", _non_images(d), "--out", d / "o", "--max-steps", 1], "could be read"),
+    "shape mismatch": (lambda d, m: ["sample", "--model", _mismatched_model(m, d), "--out", d / "o"], "does not match"),
+    "corrupt weights": (lambda d, m: ["sample", "--model", _corrupt_weights(m, d), "--out", d / "o"], "not a readable safetensors"),
+    "steps 0": (lambda d, m: ["sample", "--model", m, "--steps", 0, "--out", d / "o"], "steps must be between"),
+    "negative seed": (lambda d, m: ["sample", "--model", m, "--seed", -1, "--out", d / "o"], "--seed"),
+    "negative seed in train": (lambda d, m: ["train", "--seed", -3, "--out", d / "o", "--max-steps", 1], "--seed"),
+    "unknown model": (lambda d, m: ["sample", "--model", "no-such-model", "--out", d / "o"], "unknown model"),
+    "unknown sampler": (lambda d, m: ["sample", "--model", m, "--sampler", "magic", "--out", d / "o"], "unknown sampler"),
+    "bad device": (lambda d, m: ["sample", "--model", m, "--device", "tpu", "--out", d / "o"], "--device"),
+    "not an int": (lambda d, m: ["sample", "--model", m, "--n", "many", "--out", d / "o"], "--n"),
+    "class on unconditional": (lambda d, m: ["sample", "--model", m, "--class", "3", "--out", d / "o"], "unconditional"),
+    "bad t": (lambda d, m: ["forward", "--t", "0,2000", "--out", d / "o"], "--t"),
+    "missing image": (lambda d, m: ["forward", "--image", d / "none.png", "--out", d / "o"], "does not exist"),
+    "no stop condition": (lambda d, m: ["train", "--out", d / "o"], "say when to stop"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, tiny_model_dir, tmp_path, capsys):
+    make_argv, match = BAD[case]
+    code, _, err = run(make_argv(tmp_path, tiny_model_dir), capsys)
+    assert_user_error(code, err, match)
+    assert not (tmp_path / "o").exists()
+
+
+def test_console_script_and_module_entry_point(tmp_path):
+    for cmd in ([sys.executable, "-m", "noisecraft", "sample", "--model", "nope", "--out", str(tmp_path)],):
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        assert r.returncode == 2 and r.stderr.startswith("error: unknown model") and "Traceback" not in r.stderr

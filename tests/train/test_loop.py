@@ -1,0 +1,96 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from noisecraft import NoisecraftError, load_model
+from noisecraft.train.loop import TrainOptions, train
+
+
+def opts(tmp_path, name="run", **kw):
+    base = dict(data="digits", out=str(tmp_path / name), preset="tiny", batch_size=16, max_steps=20,
+                checkpoint_every=10, sample_every=0, seed=0)
+    return TrainOptions(**(base | kw))
+
+
+def quiet_train(o):
+    return train(o, log=lambda m: None, progress=False)
+
+
+def test_short_training_lowers_the_loss(tmp_path):
+    out = quiet_train(opts(tmp_path, max_steps=150, batch_size=32, checkpoint_every=150))
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert len(log) == 15
+    assert sum(r["loss"] for r in log[-3:]) / 3 < 0.5 * log[0]["loss"]
+
+
+def test_model_directory_loads_with_ema_weights(tmp_path):
+    out = quiet_train(opts(tmp_path))
+    assert {"config.json", "model.safetensors", "checkpoint", "train_log.jsonl"} <= {p.name for p in out.iterdir()}
+    model = load_model(out)
+    state = load_file(str(out / "checkpoint" / "state.safetensors"))
+    for k, v in model.net.state_dict().items():
+        torch.testing.assert_close(v, state[f"ema.{k}"])
+    assert model.config.data == "digits" and model.schedule.num_timesteps == 1000
+
+
+def test_same_seed_same_weights_and_resume_is_exact(tmp_path):
+    straight = quiet_train(opts(tmp_path, "a", max_steps=20))
+    again = quiet_train(opts(tmp_path, "b", max_steps=20))
+    quiet_train(opts(tmp_path, "c", max_steps=10))
+    resumed = quiet_train(opts(tmp_path, "c", max_steps=20, resume=True))
+    ref = load_file(str(straight / "checkpoint" / "state.safetensors"))
+    for other in (again, resumed):
+        got = load_file(str(other / "checkpoint" / "state.safetensors"))
+        for k in ref:
+            if k.startswith(("model.", "ema.", "optim.")):
+                assert torch.equal(ref[k], got[k]), k
+
+
+def test_refuses_to_overwrite_a_model_without_resume(tmp_path):
+    quiet_train(opts(tmp_path, max_steps=2))
+    with pytest.raises(NoisecraftError, match="--resume"):
+        quiet_train(opts(tmp_path, max_steps=2))
+
+
+def test_resume_with_changed_options_or_nothing_to_resume(tmp_path):
+    with pytest.raises(NoisecraftError, match="nothing to resume"):
+        quiet_train(opts(tmp_path, resume=True))
+    quiet_train(opts(tmp_path, max_steps=2))
+    with pytest.raises(NoisecraftError, match="batch_size"):
+        quiet_train(opts(tmp_path, max_steps=4, batch_size=8, resume=True))
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    o = opts(tmp_path, max_steps=40, lr=1e30, warmup_steps=1, grad_clip=1e30)
+    with pytest.raises(NoisecraftError, match="loss became"):
+        quiet_train(o)
+    out = tmp_path / "run"
+    if (out / "config.json").exists():           # a checkpoint was written before the blow-up: it must load
+        model = load_model(out)
+        assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"max_steps": None}, "say when to stop"),
+    ({"batch_size": 0}, "batch-size"),
+    ({"lr": -1.0}, "--lr"),
+    ({"preset": "huge"}, "unknown preset"),
+    ({"model": "gan"}, "not available"),
+    ({"prediction": "score"}, "unknown prediction"),
+    ({"seed": -1}, "seed"),
+    ({"data": "/no/such/folder"}, "unknown data source"),
+])
+def test_bad_options(tmp_path, kw, match):
+    with pytest.raises(NoisecraftError, match=match):
+        quiet_train(opts(tmp_path, **kw))
+    assert not (tmp_path / "run").exists()                # nothing half-written
+
+
+@pytest.mark.parametrize("prediction", ["sample", "v_prediction"])
+def test_other_parameterizations_and_class_conditioning_train(tmp_path, prediction):
+    out = quiet_train(opts(tmp_path, max_steps=3, prediction=prediction, cond="class"))
+    model = load_model(out)
+    assert model.prediction == prediction and model.config.unet.num_classes == 10
+    assert model.config.class_names == [str(i) for i in range(10)]
