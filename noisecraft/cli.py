@@ -102,7 +102,7 @@ def sample(
     from noisecraft.device import resolve_device
     from noisecraft.io import save_gif, save_png
     from noisecraft.models import load_model
-    from noisecraft.samplers import get_sampler, sample as run_sampler
+    from noisecraft.samplers import get_sampler, make_timesteps, sample as run_sampler
     from noisecraft.version import __version__
     from noisecraft.viz import make_grid, reverse_frame, to_pil
 
@@ -115,6 +115,7 @@ def sample(
     steps = fn.default_steps if steps is None else steps
     dev = resolve_device(device)
     net = load_model(model, device=dev)
+    make_timesteps(spacing or fn.default_spacing, steps, net.schedule.num_timesteps)  # validate before any output
     cond, label = {}, None
     if class_ is not None:
         labels, label = _class_labels(net, class_, n)
