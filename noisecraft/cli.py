@@ -83,8 +83,8 @@ def sample(
     n: int = typer.Option(16, help="Number of images."),
     sampler: str = typer.Option("ddim", help="Sampler name (see noisecraft.SAMPLERS)."),
     steps: Optional[int] = typer.Option(None, help="Solver steps (default: the sampler's own)."),
-    spacing: Optional[str] = typer.Option(None, help="Timestep grid: leading | trailing | linspace."),
-    eta: float = typer.Option(0.0, help="Stochasticity of DDIM (0 deterministic, 1 = DDPM)."),
+    spacing: Optional[str] = typer.Option(None, help="Timestep grid: leading | trailing | linspace | karras | logsnr."),
+    eta: Optional[float] = typer.Option(None, help="Noise of DDIM/ancestral steps (0 deterministic, 1 = DDPM); default: the sampler's."),
     seed: int = typer.Option(0, help="Image i uses seed SEED+i."),
     class_: Optional[str] = typer.Option(None, "--class", help="Class index or name (class-conditional models)."),
     prompt: Optional[str] = typer.Option(None, help="Text prompt (text-conditional models)."),
@@ -115,12 +115,12 @@ def sample(
     steps = fn.default_steps if steps is None else steps
     dev = resolve_device(device)
     net = load_model(model, device=dev)
-    make_timesteps(spacing or fn.default_spacing, steps, net.schedule.num_timesteps)  # validate before any output
+    make_timesteps(spacing or fn.default_spacing, steps, net.schedule)  # validate before any output
     cond, label = {}, None
     if class_ is not None:
         labels, label = _class_labels(net, class_, n)
     meta = {"model": model, "sampler": sampler, "steps": steps, "spacing": spacing or fn.default_spacing,
-            "eta": eta, "guidance": guidance, "class": label, "noisecraft": __version__}
+            "eta": fn.default_eta if eta is None else eta, "guidance": guidance, "class": label, "noisecraft": __version__}
     bar = tqdm(total=-(-n // batch_size) * steps, disable=quiet, unit="step", dynamic_ncols=True)
     frames, record_every = [], max(1, steps // 100)
     images = []

@@ -41,3 +41,12 @@ def frechet_to_truth(samples: torch.Tensor, data: GaussianData) -> tuple[float, 
     mean_err = float((x.mean(0) - data.mu).norm())
     cov_err = float((torch.cov(x.T) - data.sigma).norm() / data.sigma.norm())
     return mean_err, cov_err
+
+
+def exact_ode_endpoint(x_T: torch.Tensor, data: GaussianData, sigma_max: float) -> torch.Tensor:
+    """Where the probability-flow ODE takes x_T (VP, at sigma_max) for Gaussian data: in the eigenbasis
+    of Sigma each coordinate of x - mu shrinks by sqrt(lambda / (lambda + sigma_max^2)) (float64)."""
+    lam, U = torch.linalg.eigh(data.sigma)
+    x_ve = x_T.reshape(len(x_T), -1).double() * (1 + sigma_max ** 2) ** 0.5 - data.mu
+    z = x_ve @ U * (lam / (lam + sigma_max ** 2)).sqrt()
+    return (z @ U.T + data.mu).reshape(x_T.shape)

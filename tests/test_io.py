@@ -11,6 +11,12 @@ def test_atomic_write_replaces_whole_files_and_leaves_no_temp(tmp_path):
     atomic_write_bytes(p, b"first")
     atomic_write_bytes(p, b"second")
     assert p.read_bytes() == b"second" and os.listdir(p.parent) == ["f.bin"]
+    mask = os.umask(0o022)
+    try:
+        atomic_write_bytes(p, b"third")
+    finally:
+        os.umask(mask)
+    assert p.stat().st_mode & 0o777 == 0o644                     # as open() would create it, not mkstemp's 0600
 
 
 def test_a_failed_write_keeps_the_old_file(tmp_path, monkeypatch):

@@ -1,50 +1,53 @@
-"""Data sources, loaded whole into memory as tensors in [-1, 1] (no per-item decoding while training)."""
+"""Image data sources (DESIGN.md §5), loaded whole into memory as float32 tensors in [-1, 1]."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import numbers
+import os
+from dataclasses import replace
 from pathlib import Path
 
-import torch
-
-from noisecraft.data import sources
+from noisecraft.data.folder import image_folder
+from noisecraft.data.sources import BUILTIN
 from noisecraft.data.transforms import convert_tensor
+from noisecraft.data.types import SPLITS, ImageData
 from noisecraft.errors import NoisecraftError
 
-SOURCES = {
-    "digits": (sources.digits, "1,797 8x8 handwritten digits, 10 classes (scikit-learn); the default"),
-    "fashion-mnist": (sources.fashion_mnist, "70,000 28x28 clothes, 10 classes (idx files in $NOISECRAFT_DATA)"),
-    "faces": (sources.faces, "100 25x25 face crops (scikit-image's LFW subset)"),
-}
-
-
-@dataclass
-class ImageData:
-    images: torch.Tensor                 # (N, C, H, W) float32 in [-1, 1]
-    labels: torch.Tensor | None          # (N,) int64
-    class_names: list[str] | None
-    name: str
-    skipped: int = 0                     # unreadable files skipped (folders)
+SOURCES: tuple[str, ...] = tuple(BUILTIN)
 
 
 def describe_sources() -> list[tuple[str, str]]:
-    return [(name, desc) for name, (_, desc) in SOURCES.items()] + [("DIR", "any image folder; labels from subfolders")]
+    """(name, description) of every source, for listings; "DIR" stands for an image folder."""
+    return [(name, src.description) for name, src in BUILTIN.items()] + [
+        ("DIR", "any image folder; labels from first-level subfolders when every image sits in one")]
 
 
-def load_dataset(source: str, image_size: int | None = None, channels: int | None = None, split: str = "train") -> ImageData:
-    """A built-in source by name or an image folder, at the requested size and channels
-    (None keeps the source's own)."""
-    if image_size is not None and image_size < 1:
-        raise NoisecraftError(f"image size must be positive, got {image_size}")
+def load_dataset(source: str | os.PathLike[str], image_size: int | None = None, channels: int | None = None,
+                 split: str = "train") -> ImageData:
+    """A built-in source by name (see SOURCES), else an image folder, at image_size x image_size
+    and `channels` (1 or 3); None keeps the source's own. split is "train", "test" or "all";
+    sources without a hold-out (faces, folders) give all their images for "train" and "all".
+    A built-in name wins over a folder of the same name: write "./digits" for the folder."""
+    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, numbers.Integral)
+                                   or image_size < 1):
+        raise NoisecraftError(f"image size must be a positive integer, got {image_size!r}")
     if channels not in (None, 1, 3):
-        raise NoisecraftError(f"channels must be 1 or 3, got {channels}")
-    if source in SOURCES:
-        images, labels, names, skipped = SOURCES[source][0](split)
-        images = convert_tensor(images, image_size, channels)
-    elif Path(source).exists():
-        images, labels, names, skipped = sources.image_folder(Path(source), image_size, channels)
-    else:
-        raise NoisecraftError(f"unknown data source {source!r}: use one of {', '.join(SOURCES)} or an image folder")
-    return ImageData(images, labels, names, str(source), skipped)
+        raise NoisecraftError(f"channels must be 1 or 3, got {channels!r}")
+    if split not in SPLITS:
+        raise NoisecraftError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
+    size = None if image_size is None else int(image_size)
+    name = os.fspath(source)
+    if name in BUILTIN:
+        src = BUILTIN[name]
+        if split not in src.splits:
+            raise NoisecraftError(f"{name} has no {split!r} split: use one of {', '.join(src.splits)}")
+        data = src.load(split)
+        return replace(data, images=convert_tensor(data.images, size, channels))
+    path = Path(name).expanduser()
+    if not name or not path.exists():
+        raise NoisecraftError(f"unknown data source {name!r}: use one of {', '.join(SOURCES)} or an image folder")
+    if split == "test":
+        raise NoisecraftError(f"an image folder has no 'test' split ({name}): load a separate folder of test images")
+    return image_folder(path, size, channels)
 
 
 __all__ = ["ImageData", "SOURCES", "describe_sources", "load_dataset"]

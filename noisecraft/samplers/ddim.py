@@ -4,7 +4,7 @@ from __future__ import annotations
 from noisecraft.samplers.common import alpha_bar_grid, sampler_info
 
 
-@sampler_info(nfe=lambda steps: steps, default_steps=50, default_spacing="trailing")
+@sampler_info(nfe=lambda steps: steps, default_steps=50, default_spacing="trailing", default_eta=0.0)
 def ddim(denoise, x, timesteps, schedule, *, noise, eta=0.0, callback=None):
     """DDIM eq. 12: x_s = sqrt(a_s) x0_hat + sqrt(1 - a_s - sigma^2) eps_hat + sigma z, with
     sigma = eta sqrt((1 - a_s)/(1 - a_t)) sqrt(1 - a_t/a_s) (eq. 16). eta = 0 is deterministic,

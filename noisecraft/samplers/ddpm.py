@@ -21,14 +21,14 @@ def _ancestral(denoise, x, timesteps, schedule, noise, callback, large_variance:
     return x
 
 
-@sampler_info(nfe=lambda steps: steps, default_steps=1000, default_spacing="trailing")
+@sampler_info(nfe=lambda steps: steps, default_steps=1000, default_spacing="trailing", default_eta=1.0)
 def ddpm(denoise, x, timesteps, schedule, *, noise, eta=1.0, callback=None):
     """DDPM with the posterior variance beta_tilde_t ("fixed small"); one model call per step.
     With fewer than T steps it samples the respaced chain (Nichol & Dhariwal 2021, §4). eta is unused."""
     return _ancestral(denoise, x, timesteps, schedule, noise, callback, large_variance=False)
 
 
-@sampler_info(nfe=lambda steps: steps, default_steps=1000, default_spacing="trailing")
+@sampler_info(nfe=lambda steps: steps, default_steps=1000, default_spacing="trailing", default_eta=1.0)
 def ddpm_large(denoise, x, timesteps, schedule, *, noise, eta=1.0, callback=None):
     """DDPM with variance beta_t ("fixed large", the upper bound of DDPM §3.2); one call per step."""
     return _ancestral(denoise, x, timesteps, schedule, noise, callback, large_variance=True)

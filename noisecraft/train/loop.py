@@ -71,8 +71,10 @@ class TrainOptions:
             raise NoisecraftError(f"--seed must be >= 0, got {self.seed}")
         return self
 
-    # Options that must not change across a resume (the rest, like max_steps, may).
-    FIXED = ("data", "preset", "batch_size", "cond", "prediction", "schedule", "seed", "ema_decay", "min_snr_gamma")
+    # Options that must not change across a resume (the rest, like max_steps, may). The learning
+    # rate is restored with the optimizer state, so a different --lr would be silently ignored.
+    FIXED = ("data", "preset", "batch_size", "lr", "warmup_steps", "cond", "prediction", "schedule", "seed",
+             "ema_decay", "min_snr_gamma")
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:

@@ -4,117 +4,128 @@ import struct
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from noisecraft import NoisecraftError
-from noisecraft.data import load_dataset
+from noisecraft.data import SOURCES, describe_sources, load_dataset, sources
+from noisecraft.errors import NoisecraftError
 
 
-def test_digits_splits_are_disjoint_stratified_and_scaled():
+def _in_range(x):
+    return x.dtype == torch.float32 and float(x.min()) >= -1 and float(x.max()) <= 1
+
+
+def test_registry_lists_the_builtin_sources():
+    assert tuple(SOURCES) == ("digits", "fashion-mnist", "faces")
+    assert [name for name, _ in describe_sources()] == [*SOURCES, "DIR"]
+
+
+def test_digits_splits_are_a_fixed_stratified_holdout():
     train, test, everything = (load_dataset("digits", split=s) for s in ("train", "test", "all"))
-    assert everything.images.shape == (1797, 1, 8, 8) and everything.images.dtype == torch.float32
-    assert len(train.images) + len(test.images) == 1797
+    assert everything.images.shape == (1797, 1, 8, 8) and _in_range(everything.images)
     assert float(everything.images.min()) == -1.0 and float(everything.images.max()) == 1.0
-    assert torch.equal(torch.bincount(test.labels), torch.bincount(everything.labels) // 5)  # a fifth of each class
-    flat = lambda d: {tuple(x.flatten().tolist()) + (int(y),) for x, y in zip(d.images, d.labels)}
-    assert len(flat(train) & flat(test)) <= 3                     # only genuine duplicates in the source
-    assert train.class_names == [str(i) for i in range(10)]
+    assert (len(train.images), len(test.images)) == (1442, 355)
+    per_class = torch.bincount(everything.labels)
+    assert torch.equal(torch.bincount(test.labels), per_class // 5)       # every 5th of each class
+    assert train.labels.dtype == torch.int64 and train.class_names == [str(k) for k in range(10)]
+    # The two splits partition "all": each image of "all" is in exactly one of them.
+    key = lambda d: sorted(tuple(x.flatten().tolist()) + (int(y),) for x, y in zip(d.images, d.labels))
+    assert sorted(key(train) + key(test)) == key(everything)
+    assert torch.equal(load_dataset("digits", split="test").images, test.images)   # deterministic
 
 
 def test_digits_resized_and_rgb():
     d = load_dataset("digits", image_size=16, channels=3)
-    assert d.images.shape[1:] == (3, 16, 16) and d.images.abs().max() <= 1
+    assert d.images.shape == (1442, 3, 16, 16) and _in_range(d.images)
     assert torch.equal(d.images[:, 0], d.images[:, 2])
 
 
-def test_faces():
+def test_faces_are_the_first_hundred_crops():
     d = load_dataset("faces")
-    assert d.images.shape == (100, 1, 25, 25) and d.labels is None
+    assert d.images.shape == (100, 1, 25, 25) and _in_range(d.images)
+    assert d.labels is None and d.class_names is None and d.name == "faces"
+    assert len(load_dataset("faces", split="all").images) == 100
+    with pytest.raises(NoisecraftError, match="no 'test' split"):
+        load_dataset("faces", split="test")
 
 
-def _write_idx(path, arr, magic, truncate=0):
-    header = struct.pack(">I", magic) + b"".join(struct.pack(">I", n) for n in arr.shape)
-    data = header + arr.astype(np.uint8).tobytes()
-    with gzip.open(path, "wb") as f:
-        f.write(data[: len(data) - truncate])
+def _idx_bytes(arr, magic):
+    return struct.pack(">I", magic) + b"".join(struct.pack(">I", n) for n in arr.shape) + arr.astype(np.uint8).tobytes()
+
+
+def _write_fashion(folder, gz=True, n_train=12, n_test=5):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        for kind, arr, magic in (("images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)), 0x803),
+                                 ("labels-idx1-ubyte", np.arange(n) % 10, 0x801)):
+            data = _idx_bytes(arr, magic)
+            if gz:
+                (folder / f"{prefix}-{kind}.gz").write_bytes(gzip.compress(data))
+            else:
+                (folder / f"{prefix}-{kind}").write_bytes(data)
 
 
 @pytest.fixture
-def fashion_dir(tmp_path, monkeypatch):
-    rng = np.random.default_rng(0)
-    for prefix, n in (("train", 12), ("t10k", 5)):
-        _write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)), 0x803)
-        _write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10, 0x801)
+def fashion_env(tmp_path, monkeypatch):
     monkeypatch.setenv("NOISECRAFT_DATA", str(tmp_path))
+    monkeypatch.setattr(sources, "FASHION_SYSTEM_DIR", tmp_path / "not-installed")
     return tmp_path
 
 
-def test_fashion_mnist_from_idx_files(fashion_dir):
+def test_fashion_mnist_from_idx_gz_files(fashion_env):
+    _write_fashion(fashion_env)
     train = load_dataset("fashion-mnist")
-    assert train.images.shape == (12, 1, 28, 28) and train.labels.tolist()[:3] == [0, 1, 2]
-    assert train.class_names[7] == "Sneaker"
-    assert len(load_dataset("fashion-mnist", split="all").images) == 17
-    assert load_dataset("fashion-mnist", split="test", image_size=32).images.shape == (5, 1, 32, 32)
+    assert train.images.shape == (12, 1, 28, 28) and _in_range(train.images)
+    assert train.labels.tolist() == [k % 10 for k in range(12)] and train.labels.dtype == torch.int64
+    assert train.class_names[0] == "T-shirt/top" and train.class_names[9] == "Ankle boot"
+    assert len(load_dataset("fashion-mnist", split="test").images) == 5
+    everything = load_dataset("fashion-mnist", split="all")
+    assert len(everything.images) == 17 and torch.equal(everything.images[:12], train.images)
+    assert load_dataset("fashion-mnist", split="test", image_size=32, channels=3).images.shape == (5, 3, 32, 32)
 
 
-def test_fashion_mnist_truncated_or_missing(fashion_dir, monkeypatch, tmp_path_factory):
-    _write_idx(fashion_dir / "train-images-idx3-ubyte.gz", np.zeros((12, 28, 28)), 0x803, truncate=100)
-    with pytest.raises(NoisecraftError, match="truncated"):
+def test_fashion_mnist_uncompressed_in_a_subfolder(fashion_env):
+    _write_fashion(fashion_env / "fashion-mnist", gz=False)
+    assert load_dataset("fashion-mnist", split="test").images.shape == (5, 1, 28, 28)
+
+
+def test_fashion_mnist_truncated_file_is_named(fashion_env):
+    _write_fashion(fashion_env)
+    path = fashion_env / "train-images-idx3-ubyte.gz"
+    data = gzip.decompress(path.read_bytes())
+    path.write_bytes(gzip.compress(data[:-100]))
+    with pytest.raises(NoisecraftError, match="train-images-idx3-ubyte.gz is truncated"):
         load_dataset("fashion-mnist")
-    monkeypatch.setenv("NOISECRAFT_DATA", str(tmp_path_factory.mktemp("empty")))
-    with pytest.raises(NoisecraftError, match="NOISECRAFT_DATA"):
+    path.write_bytes(gzip.compress(data)[:200])                             # the gzip stream itself cut short
+    with pytest.raises(NoisecraftError, match="cannot read .*train-images"):
+        load_dataset("fashion-mnist")
+
+
+def test_fashion_mnist_count_mismatch(fashion_env):
+    _write_fashion(fashion_env)
+    (fashion_env / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(_idx_bytes(np.zeros(4), 0x801)))
+    with pytest.raises(NoisecraftError, match="5 images but 4 labels"):
         load_dataset("fashion-mnist", split="test")
 
 
-def _save(path, mode, size, value):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new(mode, size, value).save(path)
+def test_fashion_mnist_missing_says_where_and_how(fashion_env):
+    with pytest.raises(NoisecraftError, match="NOISECRAFT_DATA.*apt install dataset-fashion-mnist") as e:
+        load_dataset("fashion-mnist")
+    assert str(fashion_env) in str(e.value) and "\n" not in str(e.value)
 
 
-def test_folder_with_class_subfolders_and_mixed_modes(tmp_path):
-    _save(tmp_path / "cats" / "a.png", "RGB", (10, 10), (255, 0, 0))
-    _save(tmp_path / "cats" / "b.png", "L", (10, 10), 0)
-    _save(tmp_path / "dogs" / "c.PNG", "RGBA", (10, 10), (0, 0, 255, 0))      # fully transparent -> white
-    d = load_dataset(str(tmp_path), channels=3)
-    assert d.images.shape == (3, 3, 10, 10) and d.class_names == ["cats", "dogs"] and d.labels.tolist() == [0, 0, 1]
-    assert d.images[0, :, 0, 0].tolist() == [1.0, -1.0, -1.0] and d.images[2].min() == 1.0
-    grey = load_dataset(str(tmp_path), channels=1, image_size=4)
-    assert grey.images.shape == (3, 1, 4, 4)
-
-
-def test_folder_sizes_must_agree_unless_resized(tmp_path):
-    _save(tmp_path / "a.png", "L", (8, 8), 0)
-    _save(tmp_path / "b.png", "L", (12, 6), 0)
-    with pytest.raises(NoisecraftError, match="different sizes"):
-        load_dataset(str(tmp_path))
-    d = load_dataset(str(tmp_path), image_size=4)
-    assert d.images.shape == (2, 1, 4, 4) and d.labels is None
-
-
-def test_truncated_png_among_good_ones_is_skipped_and_counted(tmp_path):
-    for i in range(3):
-        _save(tmp_path / f"{i}.png", "L", (8, 8), i * 50)
-    good = (tmp_path / "0.png").read_bytes()
-    (tmp_path / "3.png").write_bytes(good[: len(good) // 2])
-    d = load_dataset(str(tmp_path))
-    assert d.skipped == 1 and len(d.images) == 3
-
-
-@pytest.mark.parametrize("setup, match", [
-    (lambda p: p / "missing", "unknown data source"),
-    (lambda p: (p / "f.txt").write_text("x") and p / "f.txt", "is a file"),
-    (lambda p: p, "no images found"),
-    (lambda p: (p / "x.png").write_text("not an image") and p, "could be read"),
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(split="val"), "unknown split"),
+    (dict(channels=2), "channels must be 1 or 3"),
+    (dict(image_size=0), "positive integer"),
+    (dict(image_size=2.5), "positive integer"),
 ])
-def test_bad_sources(tmp_path, setup, match):
+def test_bad_arguments(kwargs, match):
     with pytest.raises(NoisecraftError, match=match):
-        load_dataset(str(setup(tmp_path)))
+        load_dataset("digits", **kwargs)
 
 
-def test_bad_split_size_channels():
-    with pytest.raises(NoisecraftError, match="split"):
-        load_dataset("digits", split="val")
-    with pytest.raises(NoisecraftError, match="channels"):
-        load_dataset("digits", channels=2)
-    with pytest.raises(NoisecraftError, match="size"):
-        load_dataset("digits", image_size=0)
+@pytest.mark.parametrize("source", ["no-such-source", ""])
+def test_unknown_source(source, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(NoisecraftError, match="unknown data source .*digits, fashion-mnist, faces or an image folder"):
+        load_dataset(source)

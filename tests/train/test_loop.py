@@ -5,6 +5,7 @@ import torch
 from safetensors.torch import load_file
 
 from noisecraft import NoisecraftError, load_model
+from noisecraft.train import loop
 from noisecraft.train.loop import TrainOptions, train
 
 
@@ -62,14 +63,22 @@ def test_resume_with_changed_options_or_nothing_to_resume(tmp_path):
         quiet_train(opts(tmp_path, max_steps=4, batch_size=8, resume=True))
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
-    o = opts(tmp_path, max_steps=40, lr=1e30, warmup_steps=1, grad_clip=1e30)
-    with pytest.raises(NoisecraftError, match="loss became"):
-        quiet_train(o)
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    reference = quiet_train(opts(tmp_path, "ref", max_steps=10))
+    real, calls = loop.diffusion_loss, []
+
+    def nan_after_12(*args, **kwargs):
+        calls.append(1)
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if len(calls) > 12 else loss
+    monkeypatch.setattr(loop, "diffusion_loss", nan_after_12)
+    with pytest.raises(NoisecraftError, match=r"loss became nan at step 13; the last good checkpoint \(step 10\) is kept"):
+        quiet_train(opts(tmp_path, max_steps=30))
     out = tmp_path / "run"
-    if (out / "config.json").exists():           # a checkpoint was written before the blow-up: it must load
-        model = load_model(out)
-        assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert (out / "model.safetensors").read_bytes() == (reference / "model.safetensors").read_bytes()
+    kept, clean = (load_file(str(d / "checkpoint" / "state.safetensors")) for d in (out, reference))
+    assert kept.keys() == clean.keys() and all(torch.equal(kept[k], clean[k]) for k in kept)  # a clean 10-step run
+    assert all(torch.isfinite(p).all() for p in load_model(out).parameters())
 
 
 @pytest.mark.parametrize("kw, match", [

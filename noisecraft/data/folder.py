@@ -1,0 +1,102 @@
+"""Any folder of images (DESIGN.md §5), with labels from first-level subfolders."""
+from __future__ import annotations
+
+import os
+import struct
+import warnings
+import zlib
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from noisecraft.data.transforms import flatten_pil, pil_to_array, resize_square_pil
+from noisecraft.data.types import ImageData
+from noisecraft.errors import NoisecraftError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+# What PIL raises on broken files: truncated data is OSError, bad headers often SyntaxError.
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, Image.DecompressionBombError)
+
+
+def _hidden(name: str) -> bool:
+    # Dot files and "__MACOSX" hold resource forks, checkpoints and caches, not training images.
+    return name.startswith((".", "__"))
+
+
+def list_images(root: Path) -> list[Path]:
+    """Image files under `root` (extension case-insensitive), sorted by relative path."""
+    found, seen = [], set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:                    # a symlink loop, or the same folder linked twice
+            dirnames.clear()
+            continue
+        seen.add(real)
+        dirnames[:] = [d for d in dirnames if not _hidden(d)]
+        found += [Path(dirpath, f) for f in filenames
+                  if not _hidden(f) and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS]
+    return sorted(found, key=lambda p: p.relative_to(root).parts)
+
+
+def _decode(path: Path, image_size: int | None) -> Image.Image | None:
+    """The fully decoded, upright image, or None when PIL cannot read all of it."""
+    try:
+        with Image.open(path) as img:
+            if image_size is not None:
+                img.draft(None, (image_size, image_size))   # JPEG: decode at a reduced scale >= size
+            img.load()                                      # truncated files fail here, not later
+            return ImageOps.exif_transpose(img)             # a copy, valid after the file closes
+    except DECODE_ERRORS:
+        return None
+
+
+def image_folder(root: Path, image_size: int | None, channels: int | None) -> ImageData:
+    """All images under `root`, converted to `channels` and (if given) resized to a centre
+    square of image_size. Labels are the first-level subfolders when every image sits in
+    one. Files PIL cannot decode are skipped, counted and warned about."""
+    if not root.is_dir():
+        raise NoisecraftError(f"data source {str(root)!r} is a file: give a folder of images or a built-in name")
+    files = list_images(root)
+    if not files:
+        raise NoisecraftError(f"no images found in {root} (looked for {', '.join(IMAGE_EXTENSIONS)})")
+    arrays: deque[np.ndarray] = deque()                     # uint8 (H, W, C), the only copy until stacked
+    kept: list[Path] = []
+    bad: list[Path] = []
+    for path in files:
+        img = _decode(path, image_size)
+        if img is None:
+            bad.append(path)
+            continue
+        img = flatten_pil(img, channels)
+        if image_size is not None:
+            img = resize_square_pil(img, image_size)
+        elif arrays and img.size != arrays[0].shape[1::-1]:
+            first = kept[0].relative_to(root)
+            raise NoisecraftError(f"images in {root} differ in size ({first} is {arrays[0].shape[1]}x{arrays[0].shape[0]}, "
+                                  f"{path.relative_to(root)} is {img.width}x{img.height}): pass image_size to resize them")
+        arrays.append(pil_to_array(img))
+        kept.append(path)
+    if not arrays:
+        raise NoisecraftError(f"none of the {len(files)} image files in {root} could be read: check they are valid images")
+    if bad:
+        warnings.warn(f"skipped {len(bad)} unreadable image file(s) in {root} (first: {bad[0].relative_to(root)})",
+                      stacklevel=3)
+
+    h, w = arrays[0].shape[:2]
+    c = channels or max(a.shape[2] for a in arrays)         # a mixed grey/RGB folder becomes RGB
+    images = torch.empty((len(arrays), c, h, w))            # (N, C, H, W)
+    for i in range(len(images)):
+        images[i] = torch.from_numpy(arrays.popleft()).permute(2, 0, 1)   # grey broadcasts to RGB
+    images.div_(127.5).sub_(1)
+
+    labels, class_names = None, None
+    parts = [p.relative_to(root).parts for p in files]
+    if all(len(q) > 1 for q in parts):
+        # Names come from every listed file, so indices do not shift when a file is unreadable.
+        class_names = sorted({q[0] for q in parts})
+        index = {name: i for i, name in enumerate(class_names)}
+        labels = torch.tensor([index[p.relative_to(root).parts[0]] for p in kept], dtype=torch.long)
+    return ImageData(images, labels, class_names, str(root), skipped=len(bad))
