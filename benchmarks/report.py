@@ -9,6 +9,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 DOCS = ROOT.parent / "docs" / "benchmarks.md"
+README = ROOT.parent / "README.md"
+MARKS = ("<!-- quality:start -->", "<!-- quality:end -->")
 
 
 def quality_table(report: dict) -> str:
@@ -50,6 +52,34 @@ def main() -> None:
                          "that training image.", ""]
     DOCS.write_text("\n".join(sections))
     print(f"wrote {DOCS}")
+    readme_summary()
+
+
+def readme_summary() -> None:
+    """The README's short quality table, between its markers."""
+    rows = ["| model | sampler | confident (>= 0.9) | class-histogram TV | nearest-train distance min / median |",
+            "|---|---|---|---|---|"]
+    clf = None
+    for tag, label in (("digits", "`models/digits` (30 min)"), ("digits-5min", "`--max-minutes 5`")):
+        path = ROOT / "results" / f"digits_quality-{tag}.json"
+        if not path.exists():
+            continue
+        report = json.loads(path.read_text())
+        clf = report["classifier"]
+        for spec, r in report["samplers"].items():
+            name, steps = spec.split(":")
+            rows.append(f"| {label} | {name.upper()}-{steps} | {r['confident_fraction']:.1%} | {r['tv_to_uniform']:.3f} "
+                        f"| {r['nn_distance']['min']:.3f} / {r['nn_distance']['median']:.3f} |")
+    if clf is None:
+        return
+    real = report["real_heldout_nn_distance"]
+    rows += ["", f"Judge: held-out accuracy {clf['test_accuracy']:.1%} on {clf['n_test']} real test digits. 500 samples "
+             f"per row. Real held-out digits lie at {real['min']:.3f} / {real['median']:.3f} from their nearest "
+             "training digit, so the samples are new drawings, not copies."]
+    text = README.read_text()
+    start, end = text.index(MARKS[0]) + len(MARKS[0]), text.index(MARKS[1])
+    README.write_text(text[:start] + "\n" + "\n".join(rows) + "\n" + text[end:])
+    print(f"updated {README}")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ NFE (model calls) per sampler, as a function of `steps`: see each function's `.n
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
@@ -15,7 +16,9 @@ from noisecraft.samplers.ddim import ddim
 from noisecraft.samplers.ddpm import ddpm, ddpm_large
 from noisecraft.samplers.dpm import dpmpp_2m, dpmpp_2m_sde, dpmpp_3m
 from noisecraft.samplers.euler import euler, euler_a, heun
-from noisecraft.samplers.spacing import SPACINGS, timesteps as make_timesteps
+from noisecraft.samplers.unipc import unipc, unipc_bh1
+from noisecraft.samplers.spacing import SPACINGS, custom_timesteps, timesteps as make_timesteps, tuned_grid
+from noisecraft.samplers.auto import choose
 
 SAMPLERS: dict[str, Callable] = {
     "ddpm": ddpm,
@@ -27,13 +30,64 @@ SAMPLERS: dict[str, Callable] = {
     "dpmpp_2m": dpmpp_2m,
     "dpmpp_3m": dpmpp_3m,
     "dpmpp_2m_sde": dpmpp_2m_sde,
+    "unipc": unipc,
+    "unipc_bh1": unipc_bh1,
 }
 
 
 def get_sampler(name: str) -> Callable:
     if name not in SAMPLERS:
-        raise NoisecraftError(f"unknown sampler {name!r}: use one of {', '.join(SAMPLERS)}")
+        raise NoisecraftError(f"unknown sampler {name!r}: use one of auto, {', '.join(SAMPLERS)}")
     return SAMPLERS[name]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a sample() call will run: the resolved sampler, its grid and its noise level."""
+
+    sampler: str
+    fn: Callable
+    steps: int
+    spacing: str                 # a SPACINGS name, "tuned", or "custom" for a grid passed in
+    grid: torch.Tensor           # (steps,) float64, decreasing
+    eta: float
+
+    @property
+    def nfe(self) -> int:
+        return self.fn.nfe(self.steps)
+
+
+def plan(model, schedule: NoiseSchedule, sampler: str = "ddim", steps: int | None = None,
+         spacing: str | Sequence[float] | None = None, eta: float | None = None) -> Plan:
+    """Resolve names and defaults into a Plan; every bad option is a NoisecraftError here, before any work.
+    sampler "auto" picks the best measured sampler and grid for `steps` model calls (samplers/auto.py);
+    spacing "tuned" uses the grid tuned for this sampler and step count and saved with the model;
+    a sequence of timesteps is used as the grid itself."""
+    if sampler == "auto":
+        sampler, steps, auto_spacing = choose(steps, getattr(model, "grids", None))
+        spacing = spacing if spacing is not None else auto_spacing
+    fn = get_sampler(sampler)
+    if steps is not None and (isinstance(steps, bool) or int(steps) != steps):
+        raise NoisecraftError(f"steps must be a whole number, got {steps!r}")
+    if spacing is not None and not isinstance(spacing, str):
+        grid = custom_timesteps(spacing, schedule)
+        if steps is not None and int(steps) != len(grid):
+            raise NoisecraftError(f"steps={steps} but the grid passed as spacing has {len(grid)} timesteps")
+        return Plan(sampler, fn, len(grid), "custom", grid, _eta(fn, eta))
+    steps = fn.default_steps if steps is None else int(steps)
+    spacing = spacing or fn.default_spacing
+    if spacing == "tuned":
+        grid = tuned_grid(model, sampler, steps, schedule)
+    else:
+        grid = make_timesteps(spacing, steps, schedule)
+    return Plan(sampler, fn, steps, spacing, grid, _eta(fn, eta))
+
+
+def _eta(fn: Callable, eta: float | None) -> float:
+    eta = fn.default_eta if eta is None else float(eta)
+    if not eta >= 0:
+        raise NoisecraftError(f"eta must be >= 0, got {eta}")
+    return eta
 
 
 def sample(
@@ -42,7 +96,7 @@ def sample(
     schedule: NoiseSchedule | None = None,
     sampler: str = "ddim",
     steps: int | None = None,
-    spacing: str | None = None,
+    spacing: str | Sequence[float] | None = None,
     eta: float | None = None,
     prediction: str | None = None,
     generator: torch.Generator | list[torch.Generator] | None = None,
@@ -51,27 +105,27 @@ def sample(
     guidance_scale: float = 1.0,
     callback: Callable | None = None,
     clip_denoised: bool = True,
+    dynamic_threshold: float | None = None,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """Generate images from pure noise. Returns x_0 of `shape`, float32, in about [-1, 1].
 
     `schedule` and `prediction` default to the model's own (`model.schedule`, `model.prediction`);
     `steps`, `spacing` and `eta` to the sampler's defaults (eta 0 for DDIM, 1 for the ancestral and
-    SDE samplers); `cond` is passed to the model as keywords.
+    SDE samplers); see `plan()` for "auto", "tuned" and custom grids. `cond` is passed to the model
+    as keywords. `clip_denoised` clips each x_0 estimate to [-1, 1]; `dynamic_threshold=p` instead
+    clips it at the p-quantile of its absolute values and rescales (Imagen, Saharia et al. 2022).
     """
-    fn = get_sampler(sampler)
     schedule = schedule if schedule is not None else getattr(model, "schedule", None)
     if schedule is None:
         raise NoisecraftError("no noise schedule: pass schedule=NoiseSchedule.linear() or a model that carries one")
+    p = plan(model, schedule, sampler, steps, spacing, eta)
     prediction = check_prediction(prediction or getattr(model, "prediction", "epsilon"))
-    steps = fn.default_steps if steps is None else int(steps)
-    grid = make_timesteps(spacing or fn.default_spacing, steps, schedule)
     shape = tuple(int(s) for s in shape)
     if len(shape) != 4 or min(shape) < 1:
         raise NoisecraftError(f"shape must be (batch, channels, height, width) with positive sizes, got {shape}")
-    eta = fn.default_eta if eta is None else float(eta)
-    if eta < 0:
-        raise NoisecraftError(f"eta must be >= 0, got {eta}")
+    if dynamic_threshold is not None and not 0 < dynamic_threshold <= 1:
+        raise NoisecraftError(f"dynamic_threshold is a quantile in (0, 1], e.g. 0.995; got {dynamic_threshold}")
     if device is None:
         param = next(iter(model.parameters()), None) if isinstance(model, torch.nn.Module) else None
         device = param.device if param is not None else torch.device("cpu")
@@ -84,9 +138,9 @@ def sample(
         from noisecraft.guidance import guided
         model = guided(model, cond, guidance_scale)
         cond = {}
-    denoise = make_denoiser(model, schedule, prediction, cond, clip_denoised)
+    denoise = make_denoiser(model, schedule, prediction, cond, clip_denoised, dynamic_threshold)
     with torch.inference_mode():
-        return fn(denoise, x, grid, schedule, noise=noise, eta=eta, callback=callback).float()
+        return p.fn(denoise, x, p.grid, schedule, noise=noise, eta=p.eta, callback=callback).float()
 
 
-__all__ = ["SAMPLERS", "SPACINGS", "sample", "get_sampler", "make_timesteps"]
+__all__ = ["SAMPLERS", "SPACINGS", "Plan", "plan", "sample", "get_sampler", "make_timesteps"]

@@ -42,6 +42,28 @@ def logsnr(steps: int, schedule: NoiseSchedule) -> np.ndarray:
     return schedule.sigma_to_t(torch.from_numpy(np.exp(-lam / 2))).numpy()
 
 
+def custom_timesteps(grid, schedule: NoiseSchedule) -> torch.Tensor:
+    """A grid given as numbers (from the caller or saved with a model), checked: strictly decreasing, in [0, T-1]."""
+    try:
+        g = torch.as_tensor(grid, dtype=torch.float64).flatten()
+    except (TypeError, ValueError, RuntimeError):
+        raise NoisecraftError(f"a timestep grid must be a list of numbers, got {grid!r}") from None
+    T = schedule.num_timesteps
+    if len(g) == 0 or not bool(torch.isfinite(g).all()) or g.min() < 0 or g.max() > T - 1 or bool((g.diff() >= 0).any()):
+        raise NoisecraftError(f"a timestep grid must be strictly decreasing values in [0, {T - 1}], got {g.tolist()}")
+    return g
+
+
+def tuned_grid(model, sampler: str, steps: int, schedule: NoiseSchedule) -> torch.Tensor:
+    """The grid tuned for (sampler, steps) and saved with the model (grids.json, see samplers/tuning.py)."""
+    grids = getattr(model, "grids", None) or {}
+    if str(steps) not in grids.get(sampler, {}):
+        have = ", ".join(f"{s}@{k}" for s, byk in sorted(grids.items()) for k in sorted(byk, key=int)) or "none"
+        raise NoisecraftError(f"no grid tuned for {sampler} at {steps} steps in this model (tuned: {have}): run "
+                              f"`noisecraft tune --model MODEL --sampler {sampler} --steps {steps}` or pick another spacing")
+    return custom_timesteps(grids[sampler][str(steps)], schedule)
+
+
 SPACINGS = {"leading": leading, "trailing": trailing, "linspace": linspace, "karras": karras, "logsnr": logsnr}
 
 

@@ -18,7 +18,8 @@ def error(sampler: str, steps: int, x_T: torch.Tensor, exact: torch.Tensor) -> f
     return float((x.double() - exact).pow(2).mean().sqrt())
 
 
-@pytest.mark.parametrize("sampler, order", [("ddim", 1), ("euler", 1), ("heun", 2), ("dpmpp_2m", 2), ("dpmpp_3m", 3)])
+@pytest.mark.parametrize("sampler, order", [("ddim", 1), ("euler", 1), ("heun", 2), ("dpmpp_2m", 2), ("dpmpp_3m", 3),
+                                            ("unipc", 3), ("unipc_bh1", 3)])
 def test_error_falls_at_the_expected_order(sampler, order):
     x_T = torch.randn(256, *DATA.shape, generator=torch.Generator().manual_seed(0))
     exact = exact_ode_endpoint(x_T, DATA, float(SCHEDULE.sigmas[-1]))
