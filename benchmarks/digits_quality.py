@@ -4,7 +4,7 @@ For each sampler: the share of samples classified with confidence >= 0.9, the pr
 histogram and its total variation distance to uniform, and each sample's distance to its nearest
 training image (beside the same distance for held-out real digits, so copies would show).
 
-    python benchmarks/digits_quality.py --model digits --n 500 [--samplers ddpm:1000,ddim:50]
+    python benchmarks/digits_quality.py --model digits --n 500 [--samplers ddpm:1000,ddim:50,unipc:10:logsnr]
 """
 from __future__ import annotations
 
@@ -54,13 +54,14 @@ def main() -> None:
     }
     print(json.dumps(report["classifier"]), flush=True)
     for spec in args.samplers.split(","):
-        name, steps = spec.split(":")
+        name, steps, *spacing = spec.split(":")              # name:steps or name:steps:spacing
         t0 = time.time()
         xs = []
         for start in range(0, args.n, args.batch_size):
             b = min(args.batch_size, args.n - start)
             gens = [torch.Generator().manual_seed(start + i) for i in range(b)]
-            xs.append(sample(model, (b, c, size, size), sampler=name, steps=int(steps), generator=gens))
+            xs.append(sample(model, (b, c, size, size), sampler=name, steps=int(steps),
+                             spacing=spacing[0] if spacing else None, generator=gens))
         x = torch.cat(xs)
         seconds = time.time() - t0
         probs = predict_proba(clf, x)
@@ -72,10 +73,10 @@ def main() -> None:
                   "sampling_seconds": round(seconds, 1)}
         report["samplers"][spec] = result
         print(spec, json.dumps({k: v for k, v in result.items() if k != "nn_distance_per_sample"}), flush=True)
-        save_png(ROOT / "results" / f"{tag}-{name}{steps}-grid.png", make_grid(x[:64], nrow=8))
+        save_png(ROOT / "results" / f"{tag}-{name}{steps}{''.join(spacing)}-grid.png", make_grid(x[:64], nrow=8))
         closest = dist.argsort()[:8]
         pairs = torch.stack([torch.stack([x[i], train.images[idx[i]]]) for i in closest]).flatten(0, 1)
-        save_png(ROOT / "results" / f"{tag}-{name}{steps}-nearest.png", make_grid(pairs, nrow=2))
+        save_png(ROOT / "results" / f"{tag}-{name}{steps}{''.join(spacing)}-nearest.png", make_grid(pairs, nrow=2))
     atomic_write_json(ROOT / "results" / f"digits_quality-{tag}.json", report)
 
 

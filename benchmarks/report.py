@@ -27,7 +27,7 @@ def quality_table(report: dict) -> str:
     ]
     for spec, r in report["samplers"].items():
         nn = r["nn_distance"]
-        lines.append(f"| {spec.split(':')[0]} | {r['steps']} | **{r['confident_fraction']:.1%}** | {r['tv_to_uniform']:.3f} "
+        lines.append(f"| {' '.join(spec.split(':')[::2])} | {r['steps']} | **{r['confident_fraction']:.1%}** | {r['tv_to_uniform']:.3f} "
                      f"| {nn['min']:.3f} / {nn['median']:.3f} | {r['sampling_seconds']} |")
     lines += ["", f"Held-out real digits lie at a nearest-train distance of {real['min']:.3f} (min) / {real['median']:.3f} "
               "(median) RMS in [-1, 1] units; samples at similar distances are new drawings, not copies. "
@@ -50,9 +50,74 @@ def main() -> None:
                          f"![closest pairs](../benchmarks/results/{tag}-ddpm1000-nearest.png)", "",
                          "Left: 64 DDPM-1000 samples. Right: the 8 samples closest to a training image, each beside "
                          "that training image.", ""]
+    sections += sampler_sections()
+    sections += digits_10nfe_section()
     DOCS.write_text("\n".join(sections))
     print(f"wrote {DOCS}")
     readme_summary()
+
+
+def sampler_sections() -> list[str]:
+    """Tables and a plot from benchmarks/samplers.py: per budget, the best noisecraft and diffusers configurations."""
+    path = ROOT / "results" / "samplers.json"
+    if not path.exists():
+        return []
+    report = json.loads(path.read_text())
+    out = ["## Samplers on analytic data (`python benchmarks/samplers.py`)", "",
+           f"{report['n']} samples per configuration from the same noise; {report['schedule']}; torch {report['torch']}, "
+           f"diffusers {report['diffusers']}, {report['threads']} threads, {report['seconds']} s in all. Excess FD = "
+           "Frechet distance to the true distribution minus that of the exact ODE solution from the same noise "
+           "(the finite-sample floor); excess mode error = the same for the total variation of component shares. "
+           "`tuned` grids were fitted on separate calibration noise (`noisecraft.samplers.tuning`).", ""]
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(report["datasets"]), figsize=(5 * len(report["datasets"]), 3.6))
+    for ax, (name, ds) in zip(axes, report["datasets"].items()):
+        floor = ds["floor"]
+        out += [f"### {name}", "", f"Floor: FD of the exact solution {floor['fd']:.4f} (exact samples from the "
+                f"distribution: {floor['true_samples_fd']:.4f}).", "",
+                "| budget (NFE) | noisecraft best | excess FD | noisecraft best fixed grid | excess FD "
+                "| diffusers best | excess FD | ratio diffusers / noisecraft |", "|---|---|---|---|---|---|---|---|"]
+        curves = {"noisecraft (any grid)": [], "noisecraft (fixed grids)": [], "diffusers": []}
+        for budget in report["budgets"]:
+            rows = [r for r in ds["rows"] if r["budget"] == budget]
+            best = lambda pred: min((r for r in rows if pred(r)), key=lambda r: r["excess_fd"])
+            nc = best(lambda r: r["impl"] == "noisecraft")
+            fixed = best(lambda r: r["impl"] == "noisecraft" and "tuned" not in r["config"])
+            df = best(lambda r: r["impl"] == "diffusers")
+            ratio = df["excess_fd"] / nc["excess_fd"] if nc["excess_fd"] > 0 else float("nan")
+            out.append(f"| {budget} | {nc['config']} | {nc['excess_fd']:.4f} | {fixed['config']} | {fixed['excess_fd']:.4f} "
+                       f"| {df['config']} | {df['excess_fd']:.4f} | {ratio:.1f} |")
+            for key, r in zip(curves, (nc, fixed, df)):
+                curves[key].append(max(r["excess_fd"], 1e-4))
+        for key, ys in curves.items():
+            ax.semilogy(report["budgets"], ys, marker="o", label=key)
+        ax.set(title=name, xlabel="model calls (NFE)", ylabel="best excess FD (floored at 1e-4)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        if "mode_tv" in floor:
+            out += ["", "Excess mode error (TV of component shares) of the same best configurations: " + ", ".join(
+                f"{b}: noisecraft {min((r for r in ds['rows'] if r['budget'] == b and r['impl'] == 'noisecraft'), key=lambda r: r['excess_fd'])['excess_mode_tv']:+.4f} / "
+                f"diffusers {min((r for r in ds['rows'] if r['budget'] == b and r['impl'] == 'diffusers'), key=lambda r: r['excess_fd'])['excess_mode_tv']:+.4f}"
+                for b in report["budgets"]) + "."]
+        out.append("")
+    fig.tight_layout()
+    images = ROOT.parent / "docs" / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    fig.savefig(images / "samplers.png", dpi=110)
+    out += ["![best excess FD against model calls](images/samplers.png)", ""]
+    return out
+
+
+def digits_10nfe_section() -> list[str]:
+    out = []
+    for tag, title in (("digits-10nfe", "`models/digits` at 10 model calls (how `auto` was chosen)"),
+                       ("digits-tuned", "`models/digits` with a grid tuned by `noisecraft tune` (10 calls)")):
+        path = ROOT / "results" / f"digits_quality-{tag}.json"
+        if path.exists():
+            out += [f"## {title}", "", quality_table(json.loads(path.read_text())), ""]
+    return out
 
 
 def readme_summary() -> None:

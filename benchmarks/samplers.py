@@ -30,7 +30,7 @@ from noisecraft.samplers.tuning import STOCHASTIC, tune_grid
 
 ROOT = Path(__file__).resolve().parent
 SPACINGS = ("trailing", "karras", "logsnr")
-TUNED = ("unipc", "dpmpp_3m", "dpmpp_2m")
+TUNED = ("unipc",)
 BETAS = dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02)
 
 
@@ -54,6 +54,8 @@ def diffusers_configs():
         "DPM++ 3M logsnr": dpm(3, use_lu_lambdas=True),
         "UniPC bh2 trailing": uni("bh2", timestep_spacing="trailing", final_sigmas_type="zero"),
         "UniPC bh2 karras": uni("bh2", use_karras_sigmas=True, final_sigmas_type="zero"),
+        "UniPC bh2 exponential": uni("bh2", use_exponential_sigmas=True, final_sigmas_type="zero"),
+        "DPM++ 2M exponential": dpm(2, use_exponential_sigmas=True),
         # bh1 with a zero final sigma returns NaN in diffusers (B(h) = -inf times 0), so it ends at sigma_min.
         "UniPC bh1 trailing": uni("bh1", timestep_spacing="trailing", final_sigmas_type="sigma_min"),
         "UniPC bh1 karras": uni("bh1", use_karras_sigmas=True, final_sigmas_type="sigma_min"),
@@ -108,7 +110,7 @@ def bench(name: str, data: GaussianMixture, schedule, n: int, budgets, tune: boo
             for sampler in TUNED:
                 t0 = time.time()
                 grid, info = tune_grid(model, data.shape, sampler, budget, schedule=schedule, n=256, seed=0,
-                                       reference_steps=300, clip_denoised=False)
+                                       reference_steps=300, max_evals=300, clip_denoised=False)
                 x = sample(model, x_T.shape, sampler=sampler, spacing=grid, **common)
                 rows.append({"impl": "noisecraft", "config": f"{sampler} tuned", "nfe": budget, "budget": budget,
                              "grid": grid.tolist(), "tuning": info | {"seconds": round(time.time() - t0, 1)},

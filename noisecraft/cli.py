@@ -81,9 +81,11 @@ def sample(
     out: Path = typer.Option(..., help="Folder for 0000.png, 0001.png, ... and grid.png."),
     model: str = typer.Option("digits", help="A shipped model name (see `noisecraft models`) or a model directory."),
     n: int = typer.Option(16, help="Number of images."),
-    sampler: str = typer.Option("ddim", help="Sampler name (see noisecraft.SAMPLERS)."),
-    steps: Optional[int] = typer.Option(None, help="Solver steps (default: the sampler's own)."),
-    spacing: Optional[str] = typer.Option(None, help="Timestep grid: leading | trailing | linspace | karras | logsnr."),
+    sampler: str = typer.Option("auto", help="Sampler name (see noisecraft.SAMPLERS), or auto: the best measured "
+                                             "for --steps model calls."),
+    steps: Optional[int] = typer.Option(None, help="Solver steps (default: the sampler's own; auto: 10)."),
+    spacing: Optional[str] = typer.Option(None, help="Timestep grid: leading | trailing | linspace | karras | logsnr | "
+                                                     "tuned (a grid saved by `noisecraft tune`)."),
     eta: Optional[float] = typer.Option(None, help="Noise of DDIM/ancestral steps (0 deterministic, 1 = DDPM); default: the sampler's."),
     seed: int = typer.Option(0, help="Image i uses seed SEED+i."),
     class_: Optional[str] = typer.Option(None, "--class", help="Class index or name (class-conditional models)."),
@@ -92,6 +94,9 @@ def sample(
     guidance: float = typer.Option(1.0, help="Classifier-free guidance scale (1 = off)."),
     batch_size: int = typer.Option(64, help="Images per forward pass."),
     gif: Optional[Path] = typer.Option(None, help="Also write the reverse process (x_t beside predicted x_0) as a GIF."),
+    clip: bool = typer.Option(True, help="Clip each x_0 estimate to [-1, 1]."),
+    dynamic_threshold: Optional[float] = typer.Option(None, help="Imagen's dynamic thresholding at this quantile "
+                                                                 "(e.g. 0.995) instead of plain clipping."),
     device: str = DEVICE,
     quiet: bool = QUIET,
 ):
@@ -102,7 +107,8 @@ def sample(
     from noisecraft.device import resolve_device
     from noisecraft.io import save_gif, save_png
     from noisecraft.models import load_model
-    from noisecraft.samplers import get_sampler, make_timesteps, sample as run_sampler
+    from noisecraft.samplers import plan, sample as run_sampler
+    from noisecraft.samplers.common import check_threshold
     from noisecraft.version import __version__
     from noisecraft.viz import make_grid, reverse_frame, to_pil
 
@@ -111,16 +117,15 @@ def sample(
         raise NoisecraftError("--n and --batch-size must be at least 1")
     if prompt is not None or negative_prompt is not None:
         raise NoisecraftError("this version has no text-conditional models: drop --prompt/--negative-prompt")
-    fn = get_sampler(sampler)
-    steps = fn.default_steps if steps is None else steps
     dev = resolve_device(device)
     net = load_model(model, device=dev)
-    make_timesteps(spacing or fn.default_spacing, steps, net.schedule)  # validate before any output
+    p = plan(net, net.schedule, sampler, steps, spacing, eta)              # validates before any output
+    check_threshold(dynamic_threshold)
+    sampler, steps, spacing, eta = p.sampler, p.steps, p.spacing, p.eta
     cond, label = {}, None
     if class_ is not None:
         labels, label = _class_labels(net, class_, n)
-    meta = {"model": model, "sampler": sampler, "steps": steps, "spacing": spacing or fn.default_spacing,
-            "eta": fn.default_eta if eta is None else eta, "guidance": guidance, "class": label, "noisecraft": __version__}
+    meta = {"model": model, "sampler": sampler, "steps": steps, "spacing": spacing, "eta": eta, "guidance": guidance, "class": label, "noisecraft": __version__}
     bar = tqdm(total=-(-n // batch_size) * steps, disable=quiet, unit="step", dynamic_ncols=True)
     frames, record_every = [], max(1, steps // 100)
     images = []
@@ -136,7 +141,8 @@ def sample(
                 frames.append(reverse_frame(x_t[:16], x0[:16], f"step {i + 1}/{steps}", nrow=4))
 
         images.append(run_sampler(net, (b, *net.config.image_shape), sampler=sampler, steps=steps, spacing=spacing,
-                                  eta=eta, generator=gens, cond=cond, guidance_scale=guidance, callback=callback).cpu())
+                                  eta=eta, generator=gens, cond=cond, guidance_scale=guidance, callback=callback,
+                                  clip_denoised=clip, dynamic_threshold=dynamic_threshold).cpu())
     bar.close()
     x = torch.cat(images)
     out.mkdir(parents=True, exist_ok=True)
@@ -147,6 +153,44 @@ def sample(
         save_gif(gif, frames)
         typer.echo(f"reverse process written to {gif}")
     typer.echo(f"{n} images written to {out}")
+
+
+@app.command()
+def tune(
+    model: str = typer.Option(..., help="A model directory (or shipped name); grids.json is written into it."),
+    sampler: str = typer.Option("unipc", help="A deterministic sampler."),
+    steps: str = typer.Option("10", help="Comma-separated step counts, e.g. 5,8,10."),
+    n: int = typer.Option(64, help="Calibration images (noise drawn from --seed)."),
+    seed: int = typer.Option(0, help="Seed of the calibration noise."),
+    reference_steps: int = typer.Option(200, help="Steps of the 3rd-order reference solve."),
+    device: str = DEVICE,
+    quiet: bool = QUIET,
+):
+    """Tune a timestep grid for a model, sampler and step count; sample with it via --spacing tuned."""
+    from tqdm import tqdm
+
+    from noisecraft.device import resolve_device
+    from noisecraft.models import load_model, resolve_model_dir
+    from noisecraft.samplers.tuning import check_tunable, save_grid, tune_grid
+
+    _check_seed(seed)
+    check_tunable(sampler)
+    try:
+        counts = [int(k) for k in steps.split(",")]
+    except ValueError:
+        raise NoisecraftError(f"--steps must be comma-separated whole numbers, got {steps!r}") from None
+    if n < 1 or min(counts) < 1:
+        raise NoisecraftError("--n and every --steps value must be at least 1")
+    model_dir = resolve_model_dir(model)
+    net = load_model(model_dir, device=resolve_device(device))
+    for k in counts:
+        bar = tqdm(desc=f"{sampler} {k} steps", disable=quiet, unit="eval", dynamic_ncols=True)
+        grid, info = tune_grid(net, net.config.image_shape, sampler, k, n=n, seed=seed, reference_steps=reference_steps,
+                               callback=lambda i, e: (bar.update(1), bar.set_postfix(error=f"{e:.4f}")))
+        bar.close()
+        path = save_grid(model_dir, sampler, k, grid, info)
+        typer.echo(f"{sampler} {k} steps: error {info['start_error']:.4f} ({info['start']}) -> {info['error']:.4f} "
+                   f"(tuned), saved to {path}")
 
 
 @app.command()

@@ -25,12 +25,12 @@ def assert_user_error(code, err, match):
 
 def test_sample_writes_pngs_grid_and_metadata(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "s"
-    code, stdout, _ = run(["sample", "--model", tiny_model_dir, "--n", 3, "--seed", 7, "--steps", 5,
+    code, stdout, _ = run(["sample", "--model", tiny_model_dir, "--n", 3, "--seed", 7, "--steps", 5,   # sampler auto
                            "--out", out, "--quiet", "--gif", tmp_path / "r.gif"], capsys)
     assert code == 0 and "3 images" in stdout
     assert sorted(p.name for p in out.iterdir()) == ["0000.png", "0001.png", "0002.png", "grid.png"]
     meta = Image.open(out / "0002.png").text
-    assert meta["seed"] == "9" and meta["sampler"] == "ddim" and meta["steps"] == "5" and meta["model"] == str(tiny_model_dir)
+    assert meta["seed"] == "9" and meta["sampler"] == "unipc" and meta["steps"] == "5" and meta["model"] == str(tiny_model_dir)
     gif = Image.open(tmp_path / "r.gif")
     assert gif.n_frames == 5
 
@@ -118,6 +118,12 @@ BAD = {
     "bad t": (lambda d, m: ["forward", "--t", "0,2000", "--out", d / "o"], "--t"),
     "missing image": (lambda d, m: ["forward", "--image", d / "none.png", "--out", d / "o"], "does not exist"),
     "no stop condition": (lambda d, m: ["train", "--out", d / "o"], "say when to stop"),
+    "no tuned grid": (lambda d, m: ["sample", "--model", m, "--spacing", "tuned", "--steps", 7, "--out", d / "o"],
+                      "noisecraft tune"),
+    "unknown spacing": (lambda d, m: ["sample", "--model", m, "--spacing", "wavy", "--out", d / "o"], "unknown spacing"),
+    "bad threshold": (lambda d, m: ["sample", "--model", m, "--dynamic-threshold", 5, "--out", d / "o"], "quantile"),
+    "tune a stochastic sampler": (lambda d, m: ["tune", "--model", m, "--sampler", "euler_a", "--n", 2], "deterministic"),
+    "tune bad steps": (lambda d, m: ["tune", "--model", m, "--steps", "5,x"], "--steps"),
 }
 
 
@@ -127,6 +133,19 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, tiny_model_dir, t
     code, _, err = run(make_argv(tmp_path, tiny_model_dir), capsys)
     assert_user_error(code, err, match)
     assert not (tmp_path / "o").exists()
+
+
+def test_tune_saves_a_grid_that_sample_uses(tiny_model_dir, tmp_path, capsys):
+    import shutil
+    model = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    code, out, _ = run(["tune", "--model", model, "--sampler", "unipc", "--steps", "3", "--n", 4,
+                        "--reference-steps", 20, "--quiet"], capsys)
+    assert code == 0 and "saved to" in out
+    assert list(json.loads((model / "grids.json").read_text())["grids"]["unipc"]) == ["3"]
+    code, out, _ = run(["sample", "--model", model, "--steps", 3, "--n", 2, "--out", tmp_path / "o", "--quiet"], capsys)
+    assert code == 0
+    meta = Image.open(tmp_path / "o" / "0000.png").text
+    assert (meta["sampler"], meta["steps"], meta["spacing"]) == ("unipc", "3", "tuned")    # auto took the tuned grid
 
 
 def test_console_script_and_module_entry_point(tmp_path):

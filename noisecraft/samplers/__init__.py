@@ -11,7 +11,7 @@ import torch
 
 from noisecraft.diffusion import NoiseSchedule, check_prediction
 from noisecraft.errors import NoisecraftError
-from noisecraft.samplers.common import make_denoiser, make_noise
+from noisecraft.samplers.common import check_threshold, make_denoiser, make_noise
 from noisecraft.samplers.ddim import ddim
 from noisecraft.samplers.ddpm import ddpm, ddpm_large
 from noisecraft.samplers.dpm import dpmpp_2m, dpmpp_2m_sde, dpmpp_3m
@@ -124,8 +124,7 @@ def sample(
     shape = tuple(int(s) for s in shape)
     if len(shape) != 4 or min(shape) < 1:
         raise NoisecraftError(f"shape must be (batch, channels, height, width) with positive sizes, got {shape}")
-    if dynamic_threshold is not None and not 0 < dynamic_threshold <= 1:
-        raise NoisecraftError(f"dynamic_threshold is a quantile in (0, 1], e.g. 0.995; got {dynamic_threshold}")
+    check_threshold(dynamic_threshold)
     if device is None:
         param = next(iter(model.parameters()), None) if isinstance(model, torch.nn.Module) else None
         device = param.device if param is not None else torch.device("cpu")

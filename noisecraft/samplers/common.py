@@ -44,6 +44,11 @@ def make_noise(shape: Sequence[int], generator, device) -> Callable[[], torch.Te
     return lambda: torch.randn(shape, generator=generator, device=generator.device).to(device)
 
 
+def check_threshold(quantile: float | None) -> None:
+    if quantile is not None and not 0 < quantile <= 1:
+        raise NoisecraftError(f"dynamic_threshold is a quantile in (0, 1], e.g. 0.995; got {quantile}")
+
+
 def dynamic_threshold_x0(x0: torch.Tensor, quantile: float) -> torch.Tensor:
     """Imagen's dynamic thresholding (Saharia et al. 2022, §2.3): s = the quantile of |x0| per image, at
     least 1; clip x0 to [-s, s] and divide by s, which pulls saturated pixels in instead of flattening them."""

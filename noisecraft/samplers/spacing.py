@@ -70,7 +70,8 @@ SPACINGS = {"leading": leading, "trailing": trailing, "linspace": linspace, "kar
 def timesteps(spacing: str, steps: int, schedule: NoiseSchedule) -> torch.Tensor:
     """The decreasing grid for `steps` solver steps."""
     if spacing not in SPACINGS:
-        raise NoisecraftError(f"unknown spacing {spacing!r}: use one of {', '.join(SPACINGS)}")
+        raise NoisecraftError(f"unknown spacing {spacing!r}: use one of {', '.join(SPACINGS)}, tuned "
+                              "(a grid saved with the model) or a list of timesteps")
     T = schedule.num_timesteps
     if not 1 <= steps <= T:
         raise NoisecraftError(f"steps must be between 1 and {T} (the schedule's length), got {steps}")
