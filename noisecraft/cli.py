@@ -4,6 +4,7 @@ User errors become one line `error: ...` on stderr and exit code 2."""
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -254,8 +255,13 @@ def models():
         typer.echo(f"{name:16s} {description}")
 
 
+def _warn(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> None:
     command = typer.main.get_command(app)
+    warnings.showwarning = _warn            # library warnings (e.g. skipped files) as one line, no source dump
     try:
         rc = command.main(args=argv, prog_name="noisecraft", standalone_mode=False)
     except NoisecraftError as e:

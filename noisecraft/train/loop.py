@@ -103,8 +103,6 @@ def train(opts: TrainOptions, log: Callable[[str], None] = print, progress: bool
     data = load_dataset(opts.data, image_size=unet.image_size, channels=unet.in_channels)
     if len(data.images) == 0:
         raise NoisecraftError(f"data source {opts.data!r} has no images")
-    if data.skipped:
-        log(f"warning: skipped {data.skipped} unreadable image(s) in {opts.data}")
     if opts.cond == "class":
         if data.labels is None:
             raise NoisecraftError(f"--cond class needs labels, and {opts.data} has none (use subfolders per class)")
