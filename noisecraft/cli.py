@@ -86,7 +86,7 @@ def sample(
                                              "for --steps model calls."),
     steps: Optional[int] = typer.Option(None, help="Solver steps (default: the sampler's own; auto: 10)."),
     spacing: Optional[str] = typer.Option(None, help="Timestep grid: leading | trailing | linspace | karras | logsnr | "
-                                                     "tuned (a grid saved by `noisecraft tune`)."),
+                                                     "tuned (a grid saved by `noisecraft tune`) | comma-separated timesteps."),
     eta: Optional[float] = typer.Option(None, help="Noise of DDIM/ancestral steps (0 deterministic, 1 = DDPM); default: the sampler's."),
     seed: int = typer.Option(0, help="Image i uses seed SEED+i."),
     class_: Optional[str] = typer.Option(None, "--class", help="Class index or name (class-conditional models)."),
@@ -120,13 +120,19 @@ def sample(
         raise NoisecraftError("this version has no text-conditional models: drop --prompt/--negative-prompt")
     dev = resolve_device(device)
     net = load_model(model, device=dev)
+    if spacing is not None and "," in spacing:                              # an explicit grid: 999,600,200
+        try:
+            spacing = [float(v) for v in spacing.split(",")]
+        except ValueError:
+            raise NoisecraftError(f"--spacing as a grid must be comma-separated numbers, got {spacing!r}") from None
     p = plan(net, net.schedule, sampler, steps, spacing, eta)              # validates before any output
     check_threshold(dynamic_threshold)
-    sampler, steps, spacing, eta = p.sampler, p.steps, p.spacing, p.eta
+    sampler, steps, eta = p.sampler, p.steps, p.eta
+    spacing_label = ",".join(f"{t:g}" for t in p.grid.tolist()) if p.spacing == "custom" else p.spacing
     cond, label = {}, None
     if class_ is not None:
         labels, label = _class_labels(net, class_, n)
-    meta = {"model": model, "sampler": sampler, "steps": steps, "spacing": spacing, "eta": eta, "guidance": guidance, "class": label, "noisecraft": __version__}
+    meta = {"model": model, "sampler": sampler, "steps": steps, "spacing": spacing_label, "eta": eta, "guidance": guidance, "class": label, "noisecraft": __version__}
     bar = tqdm(total=-(-n // batch_size) * steps, disable=quiet, unit="step", dynamic_ncols=True)
     frames, record_every = [], max(1, steps // 100)
     images = []
@@ -141,7 +147,7 @@ def sample(
             if gif is not None and first and (i % record_every == 0 or i == steps - 1):
                 frames.append(reverse_frame(x_t[:16], x0[:16], f"step {i + 1}/{steps}", nrow=4))
 
-        images.append(run_sampler(net, (b, *net.config.image_shape), sampler=sampler, steps=steps, spacing=spacing,
+        images.append(run_sampler(net, (b, *net.config.image_shape), sampler=sampler, spacing=p.grid,
                                   eta=eta, generator=gens, cond=cond, guidance_scale=guidance, callback=callback,
                                   clip_denoised=clip, dynamic_threshold=dynamic_threshold).cpu())
     bar.close()

@@ -120,6 +120,8 @@ BAD = {
     "no stop condition": (lambda d, m: ["train", "--out", d / "o"], "say when to stop"),
     "no tuned grid": (lambda d, m: ["sample", "--model", m, "--spacing", "tuned", "--steps", 7, "--out", d / "o"],
                       "noisecraft tune"),
+    "bad grid": (lambda d, m: ["sample", "--model", m, "--spacing", "999,abc", "--out", d / "o"], "comma-separated"),
+    "rising grid": (lambda d, m: ["sample", "--model", m, "--spacing", "10,999", "--out", d / "o"], "strictly decreasing"),
     "unknown spacing": (lambda d, m: ["sample", "--model", m, "--spacing", "wavy", "--out", d / "o"], "unknown spacing"),
     "bad threshold": (lambda d, m: ["sample", "--model", m, "--dynamic-threshold", 5, "--out", d / "o"], "quantile"),
     "tune a stochastic sampler": (lambda d, m: ["tune", "--model", m, "--sampler", "euler_a", "--n", 2], "deterministic"),
