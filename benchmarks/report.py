@@ -57,6 +57,12 @@ def main() -> None:
     readme_summary()
 
 
+def best_row(rows: list[dict], budget: int, impl: str, fixed_grids_only: bool = False) -> dict:
+    """The configuration of `impl` with the lowest excess FD at `budget` model calls."""
+    return min((r for r in rows if r["budget"] == budget and r["impl"] == impl
+                and not (fixed_grids_only and "tuned" in r["config"])), key=lambda r: r["excess_fd"])
+
+
 def sampler_sections() -> list[str]:
     """Tables and a plot from benchmarks/samplers.py: per budget, the best noisecraft and diffusers configurations."""
     path = ROOT / "results" / "samplers.json"
@@ -81,11 +87,9 @@ def sampler_sections() -> list[str]:
                 "| diffusers best | excess FD | ratio diffusers / noisecraft |", "|---|---|---|---|---|---|---|---|"]
         curves = {"noisecraft (any grid)": [], "noisecraft (fixed grids)": [], "diffusers": []}
         for budget in report["budgets"]:
-            rows = [r for r in ds["rows"] if r["budget"] == budget]
-            best = lambda pred: min((r for r in rows if pred(r)), key=lambda r: r["excess_fd"])
-            nc = best(lambda r: r["impl"] == "noisecraft")
-            fixed = best(lambda r: r["impl"] == "noisecraft" and "tuned" not in r["config"])
-            df = best(lambda r: r["impl"] == "diffusers")
+            nc = best_row(ds["rows"], budget, "noisecraft")
+            fixed = best_row(ds["rows"], budget, "noisecraft", fixed_grids_only=True)
+            df = best_row(ds["rows"], budget, "diffusers")
             ratio = df["excess_fd"] / nc["excess_fd"] if nc["excess_fd"] > 0 else float("nan")
             out.append(f"| {budget} | {nc['config']} | {nc['excess_fd']:.4f} | {fixed['config']} | {fixed['excess_fd']:.4f} "
                        f"| {df['config']} | {df['excess_fd']:.4f} | {ratio:.1f} |")
@@ -97,11 +101,9 @@ def sampler_sections() -> list[str]:
         ax.grid(alpha=0.3)
         ax.legend()
         if "excess_mode_tv" in ds["rows"][0]:
-            best_of = lambda b, impl: min((r for r in ds["rows"] if r["budget"] == b and r["impl"] == impl),
-                                          key=lambda r: r["excess_fd"])
             out += ["", "Excess mode error (TV of component shares) of the same best configurations, noisecraft / "
-                    "diffusers: " + ", ".join(f"{b} NFE {best_of(b, 'noisecraft')['excess_mode_tv']:+.4f} / "
-                                              f"{best_of(b, 'diffusers')['excess_mode_tv']:+.4f}"
+                    "diffusers: " + ", ".join(f"{b} NFE {best_row(ds['rows'], b, 'noisecraft')['excess_mode_tv']:+.4f} / "
+                                              f"{best_row(ds['rows'], b, 'diffusers')['excess_mode_tv']:+.4f}"
                                               for b in report["budgets"]) + "."]
         out.append("")
     fig.tight_layout()

@@ -4,15 +4,20 @@ from torch.distributions import MultivariateNormal
 
 from noisecraft import NoiseSchedule
 from noisecraft.eval.analytic import AnalyticEpsModel, GaussianMixture, frechet_distance
-from tests.analytic import GaussianData, GaussianEpsModel
 
 
 def test_one_component_is_the_gaussian_closed_form():
+    """eps_hat = sqrt(1 - a) C^{-1} (x_t - sqrt(a) mu), C = a Sigma + (1 - a) I: the optimal predictor for N(mu, Sigma)."""
     s = NoiseSchedule.linear()
+    data = GaussianMixture.gaussian()
+    mu, sigma = data.moments()
     x = torch.randn(6, 1, 2, 2, dtype=torch.float64)
     t = torch.tensor([0.0, 3.5, 100.0, 500.0, 800.0, 999.0])
-    ours = AnalyticEpsModel(GaussianMixture.gaussian(), s)(x, t)
-    torch.testing.assert_close(ours, GaussianEpsModel(GaussianData(), s)(x, t), rtol=0, atol=1e-10)
+    a = s.alpha_bar(t).reshape(6, 1, 1)
+    cov = a * sigma + (1 - a) * torch.eye(4, dtype=torch.float64)                  # (6, 4, 4)
+    expected = (1 - a[:, 0]) ** 0.5 * torch.linalg.solve(cov, x.reshape(6, 4) - a[:, 0] ** 0.5 * mu)
+    ours = AnalyticEpsModel(data, s)(x, t)
+    torch.testing.assert_close(ours, expected.reshape(x.shape), rtol=0, atol=1e-10)
 
 
 def test_mixture_denoiser_is_tweedie_on_the_noisy_density():
