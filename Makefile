@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test bench-quality clean
+.PHONY: setup demo test bench-quality bench-samplers clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,13 @@ test: setup
 # Acceptance numbers for models/digits (about 30 minutes on 2 cores).
 bench-quality: setup
 	$(BIN)/python benchmarks/digits_quality.py --model digits --n 500
+
+# Samplers: analytic data against diffusers (about 15 minutes), then models/digits per budget (2 minutes).
+bench-samplers: setup
+	$(BIN)/python benchmarks/samplers.py --n 4000
+	$(BIN)/python benchmarks/digits_quality.py --model digits --n 500 --tag digits-budgets --samplers \
+	  auto:5,learned:5,unipc:5:trailing,unipc:5:logsnr,dpmpp_2m:5:trailing,learned:10,unipc:10:trailing,unipc:20:trailing,unipc:20:logsnr,dpmpp_2m:20:trailing
+	$(BIN)/python benchmarks/report.py
 
 clean:
 	rm -rf $(VENV) demo

@@ -74,7 +74,8 @@ def sampler_sections() -> list[str]:
            f"diffusers {report['diffusers']}, {report['threads']} threads, {report['seconds']} s in all. Excess FD = "
            "Frechet distance to the true distribution minus that of the exact ODE solution from the same noise "
            "(the finite-sample floor); excess mode error = the same for the total variation of component shares. "
-           "`tuned` grids were fitted on separate calibration noise (`noisecraft.samplers.tuning`).", ""]
+           "`tuned` grids, and the `learned` sampler's coefficients with its grid, were fitted on separate calibration "
+           "noise (`noisecraft.samplers.tuning`).", ""]
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -95,6 +96,10 @@ def sampler_sections() -> list[str]:
                        f"| {df['config']} | {df['excess_fd']:.4f} | {ratio:.1f} |")
             for key, r in zip(curves, (nc, fixed, df)):
                 curves[key].append(max(r["excess_fd"], 1e-4))
+        if {5, 8} <= set(report["budgets"]):
+            nc5, df8 = best_row(ds["rows"], 5, "noisecraft"), best_row(ds["rows"], 8, "diffusers")
+            out += ["", f"Fewer calls for the same error: noisecraft at 5 NFE ({nc5['config']}) {nc5['excess_fd']:.4f} "
+                    f"against diffusers' best at 8 NFE ({df8['config']}) {df8['excess_fd']:.4f}."]
         for key, ys in curves.items():
             ax.semilogy(report["budgets"], ys, marker="o", label=key)
         ax.set(title=name, xlabel="model calls (NFE)", ylabel="best excess FD (floored at 1e-4)")
@@ -116,7 +121,8 @@ def sampler_sections() -> list[str]:
 
 def digits_10nfe_section() -> list[str]:
     out = []
-    for tag, title in (("digits-10nfe", "`models/digits` at 10 model calls (how `auto` was chosen)"),
+    for tag, title in (("digits-budgets", "`models/digits` at 5, 10 and 20 model calls (how `auto` was chosen)"),
+                       ("digits-10nfe", "`models/digits` at 10 model calls, more samplers"),
                        ("digits-tuned", "`models/digits` with a grid tuned by `noisecraft tune` (10 calls)")):
         path = ROOT / "results" / f"digits_quality-{tag}.json"
         if path.exists():

@@ -8,7 +8,8 @@ the same N noise images; each is scored by
   - excess mode error (mixture): total variation between the samples' component shares and the true
     weights, minus the same for the exact solution.
 A budget of B model calls runs each sampler with the most steps whose NFE fits in B (Heun: (B+1)//2).
-Tuned grids are fitted on separate calibration noise (seed 0) and scored on the evaluation noise.
+Tuned grids and the learned sampler's coefficients are fitted on separate calibration noise (seed 0)
+and scored on the evaluation noise.
 
     python benchmarks/samplers.py [--n 4000] [--budgets 5,8,10,20]
 """
@@ -26,7 +27,7 @@ from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscrete
 
 from noisecraft import SAMPLERS, NoiseSchedule, sample
 from noisecraft.eval.analytic import AnalyticEpsModel, GaussianMixture, frechet_distance
-from noisecraft.samplers.tuning import STOCHASTIC, tune_grid
+from noisecraft.samplers.tuning import STOCHASTIC, tune_grid, tune_learned
 
 ROOT = Path(__file__).resolve().parent
 SPACINGS = ("trailing", "karras", "logsnr")
@@ -101,6 +102,8 @@ def bench(name: str, data: GaussianMixture, schedule, n: int, budgets, tune: boo
     rows = []
     for budget in budgets:
         for sampler, fn in SAMPLERS.items():
+            if sampler == "learned":
+                continue                                    # fitted per budget below
             steps = steps_for(fn.nfe, budget)
             for spacing in (("trailing",) if sampler in STOCHASTIC else SPACINGS):
                 x = sample(model, x_T.shape, sampler=sampler, steps=steps, spacing=spacing, **common)
@@ -115,6 +118,15 @@ def bench(name: str, data: GaussianMixture, schedule, n: int, budgets, tune: boo
                 rows.append({"impl": "noisecraft", "config": f"{sampler} tuned", "nfe": budget, "budget": budget,
                              "grid": grid.tolist(), "tuning": info | {"seconds": round(time.time() - t0, 1)},
                              **score(x, data, mean, cov, floor)})
+            t0 = time.time()
+            grid, coefficients, info = tune_learned(model, data.shape, budget, schedule=schedule, n=256, seed=0,
+                                                    reference_steps=300, clip_denoised=False)
+            model.grids = {"learned": {str(budget): grid.tolist()}}
+            model.coefficients = {"learned": {str(budget): [c.tolist() for c in coefficients]}}
+            x = sample(model, x_T.shape, sampler="learned", steps=budget, **common)
+            rows.append({"impl": "noisecraft", "config": "learned tuned", "nfe": budget, "budget": budget,
+                         "grid": grid.tolist(), "coefficients": model.coefficients["learned"][str(budget)],
+                         "tuning": info | {"seconds": round(time.time() - t0, 1)}, **score(x, data, mean, cov, floor)})
         for config, (make, nfe) in diffusers_configs().items():
             steps = steps_for(nfe, budget)
             x = run_diffusers(make, model, x_T, steps)

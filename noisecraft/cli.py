@@ -147,7 +147,8 @@ def sample(
             if gif is not None and first and (i % record_every == 0 or i == steps - 1):
                 frames.append(reverse_frame(x_t[:16], x0[:16], f"step {i + 1}/{steps}", nrow=4))
 
-        images.append(run_sampler(net, (b, *net.config.image_shape), sampler=sampler, spacing=p.grid,
+        images.append(run_sampler(net, (b, *net.config.image_shape), sampler=sampler, steps=steps,
+                                  spacing=p.grid if p.spacing == "custom" else p.spacing,
                                   eta=eta, generator=gens, cond=cond, guidance_scale=guidance, callback=callback,
                                   clip_denoised=clip, dynamic_threshold=dynamic_threshold).cpu())
     bar.close()
@@ -165,20 +166,22 @@ def sample(
 @app.command()
 def tune(
     model: str = typer.Option(..., help="A model directory (or shipped name); grids.json is written into it."),
-    sampler: str = typer.Option("unipc", help="A deterministic sampler."),
+    sampler: str = typer.Option("unipc", help="A deterministic sampler; 'learned' also fits its coefficients."),
     steps: str = typer.Option("10", help="Comma-separated step counts, e.g. 5,8,10."),
-    n: int = typer.Option(64, help="Calibration images (noise drawn from --seed)."),
+    n: int = typer.Option(64, help="Calibration images (noise drawn from --seed); learned fits on N and scores grids on N more."),
     seed: int = typer.Option(0, help="Seed of the calibration noise."),
     reference_steps: int = typer.Option(200, help="Steps of the 3rd-order reference solve."),
+    max_evals: Optional[int] = typer.Option(None, help="Grid evaluations per Nelder-Mead start (default 40 x (steps + 1))."),
     device: str = DEVICE,
     quiet: bool = QUIET,
 ):
-    """Tune a timestep grid for a model, sampler and step count; sample with it via --spacing tuned."""
+    """Tune a timestep grid for a model, sampler and step count; sample with it via --spacing tuned
+    (or --sampler learned, whose coefficients are fitted with the grid)."""
     from tqdm import tqdm
 
     from noisecraft.device import resolve_device
     from noisecraft.models import load_model, resolve_model_dir
-    from noisecraft.samplers.tuning import check_tunable, save_grid, tune_grid
+    from noisecraft.samplers.tuning import check_tunable, save_grid, tune_grid, tune_learned
 
     _check_seed(seed)
     check_tunable(sampler)
@@ -186,16 +189,22 @@ def tune(
         counts = [int(k) for k in steps.split(",")]
     except ValueError:
         raise NoisecraftError(f"--steps must be comma-separated whole numbers, got {steps!r}") from None
-    if n < 1 or min(counts) < 1:
-        raise NoisecraftError("--n and every --steps value must be at least 1")
+    if n < 1 or min(counts) < 1 or (max_evals is not None and max_evals < 0):
+        raise NoisecraftError("--n and every --steps value must be at least 1, --max-evals at least 0")
     model_dir = resolve_model_dir(model)
     net = load_model(model_dir, device=resolve_device(device))
     for k in counts:
         bar = tqdm(desc=f"{sampler} {k} steps", disable=quiet, unit="eval", dynamic_ncols=True)
-        grid, info = tune_grid(net, net.config.image_shape, sampler, k, n=n, seed=seed, reference_steps=reference_steps,
-                               callback=lambda i, e: (bar.update(1), bar.set_postfix(error=f"{e:.4f}")))
+        progress = lambda i, e: (bar.update(1), bar.set_postfix(error=f"{e:.4f}"))
+        coefficients = None
+        if sampler == "learned":
+            grid, coefficients, info = tune_learned(net, net.config.image_shape, k, n=n, seed=seed,
+                                                    reference_steps=reference_steps, max_evals=max_evals, callback=progress)
+        else:
+            grid, info = tune_grid(net, net.config.image_shape, sampler, k, n=n, seed=seed,
+                                   reference_steps=reference_steps, max_evals=max_evals, callback=progress)
         bar.close()
-        path = save_grid(model_dir, sampler, k, grid, info)
+        path = save_grid(model_dir, sampler, k, grid, info, coefficients)
         typer.echo(f"{sampler} {k} steps: error {info['start_error']:.4f} ({info['start']}) -> {info['error']:.4f} "
                    f"(tuned), saved to {path}")
 

@@ -14,7 +14,7 @@ from torch import nn
 from noisecraft.diffusion import NoiseSchedule, ScheduleConfig, check_prediction
 from noisecraft.errors import NoisecraftError
 from noisecraft.io import atomic_write_bytes, atomic_write_json
-from noisecraft.samplers.tuning import read_grids
+from noisecraft.samplers.tuning import read_coefficients, read_grids
 from noisecraft.nets import UNet, UNetConfig
 from noisecraft.version import __version__
 
@@ -66,6 +66,7 @@ class DiffusionModel(nn.Module):
         self.schedule = NoiseSchedule.from_config(config.schedule)
         self.prediction = config.prediction
         self.grids: dict = {}            # timestep grids tuned for this model: {sampler: {steps: [t, ...]}}
+        self.coefficients: dict = {}     # the learned sampler's, per grid: {sampler: {steps: [[c, ...], ...]}}
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, **cond) -> torch.Tensor:
         return self.net(x_t, t, **cond)
@@ -143,7 +144,7 @@ def load_model(name_or_dir: str | Path, device: str | torch.device = "cpu") -> D
         raise NoisecraftError(f"{model_dir} holds a {config.family!r} model; this noisecraft loads diffusion models")
     model = DiffusionModel(config)
     load_state(model.net, read_weights(model_dir / WEIGHTS_FILE), model_dir / WEIGHTS_FILE)
-    model.grids = read_grids(model_dir)
+    model.grids, model.coefficients = read_grids(model_dir), read_coefficients(model_dir)
     return model.to(device).eval()
 
 

@@ -126,6 +126,8 @@ BAD = {
     "bad threshold": (lambda d, m: ["sample", "--model", m, "--dynamic-threshold", 5, "--out", d / "o"], "quantile"),
     "tune a stochastic sampler": (lambda d, m: ["tune", "--model", m, "--sampler", "euler_a", "--n", 2], "deterministic"),
     "tune bad steps": (lambda d, m: ["tune", "--model", m, "--steps", "5,x"], "--steps"),
+    "learned without tuning": (lambda d, m: ["sample", "--model", m, "--sampler", "learned", "--out", d / "o"],
+                               "--sampler learned"),
 }
 
 
@@ -148,6 +150,21 @@ def test_tune_saves_a_grid_that_sample_uses(tiny_model_dir, tmp_path, capsys):
     assert code == 0
     meta = Image.open(tmp_path / "o" / "0000.png").text
     assert (meta["sampler"], meta["steps"], meta["spacing"]) == ("unipc", "3", "tuned")    # auto took the tuned grid
+
+
+def test_tune_learned_saves_coefficients_that_sample_uses(tiny_model_dir, tmp_path, capsys):
+    import shutil
+    model = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    code, out, _ = run(["tune", "--model", model, "--sampler", "learned", "--steps", "2", "--n", 4,
+                        "--reference-steps", 20, "--max-evals", 5, "--quiet"], capsys)
+    assert code == 0 and "saved to" in out
+    saved = json.loads((model / "grids.json").read_text())
+    assert [len(row) for row in saved["coefficients"]["learned"]["2"]] == [2, 3]
+    code, out, _ = run(["sample", "--model", model, "--sampler", "learned", "--steps", 2, "--n", 2,
+                        "--out", tmp_path / "o", "--quiet"], capsys)
+    assert code == 0
+    meta = Image.open(tmp_path / "o" / "0000.png").text
+    assert (meta["sampler"], meta["steps"], meta["spacing"]) == ("learned", "2", "tuned")
 
 
 def test_console_script_and_module_entry_point(tmp_path):

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from noisecraft.diffusion import NoiseSchedule
+from noisecraft.diffusion import NoiseSchedule, check_prediction
+from noisecraft.diffusion.param import target
 
 
 @dataclass
@@ -90,16 +91,18 @@ class GaussianMixture:
 
 
 class AnalyticEpsModel:
-    """The model protocol, model(x_t, t) -> eps_hat, exact for `data` under `schedule`; counts its calls."""
+    """The model protocol, model(x_t, t) -> prediction, exact for `data` under `schedule`; counts its calls.
+    It predicts eps by default, or x_0 ("sample") or v ("v_prediction"), as its `prediction` says."""
 
-    def __init__(self, data: GaussianMixture, schedule: NoiseSchedule):
-        self.data, self.schedule, self.calls = data, schedule, 0
+    def __init__(self, data: GaussianMixture, schedule: NoiseSchedule, prediction: str = "epsilon"):
+        self.data, self.schedule, self.prediction, self.calls = data, schedule, check_prediction(prediction), 0
 
     def __call__(self, x_t: torch.Tensor, t: torch.Tensor, **_) -> torch.Tensor:
         self.calls += 1
         a = self.schedule.alpha_bar(t.cpu().double()).reshape(-1, *[1] * (x_t.dim() - 1))   # (B, 1, 1, 1)
         x0 = self.data.denoise(x_t.double() / a.sqrt(), ((1 - a) / a).sqrt().flatten())
-        return ((x_t.double() - a.sqrt() * x0) / (1 - a).sqrt()).to(x_t.dtype)
+        eps = (x_t.double() - a.sqrt() * x0) / (1 - a).sqrt()
+        return target(self.prediction, x0, eps, a).to(x_t.dtype)
 
 
 def frechet_distance(x: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor) -> float:

@@ -4,7 +4,7 @@ NFE (model calls) per sampler, as a function of `steps`: see each function's `.n
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
@@ -16,6 +16,7 @@ from noisecraft.samplers.ddim import ddim
 from noisecraft.samplers.ddpm import ddpm, ddpm_large
 from noisecraft.samplers.dpm import dpmpp_2m, dpmpp_2m_sde, dpmpp_3m
 from noisecraft.samplers.euler import euler, euler_a, heun
+from noisecraft.samplers.learned import check_coefficients, learned
 from noisecraft.samplers.unipc import unipc, unipc_bh1
 from noisecraft.samplers.spacing import SPACINGS, custom_timesteps, timesteps as make_timesteps, tuned_grid
 from noisecraft.samplers.auto import choose
@@ -32,6 +33,7 @@ SAMPLERS: dict[str, Callable] = {
     "dpmpp_2m_sde": dpmpp_2m_sde,
     "unipc": unipc,
     "unipc_bh1": unipc_bh1,
+    "learned": learned,
 }
 
 
@@ -51,6 +53,7 @@ class Plan:
     spacing: str                 # a SPACINGS name, "tuned", or "custom" for a grid passed in
     grid: torch.Tensor           # (steps,) float64, decreasing
     eta: float
+    options: dict = field(default_factory=dict)   # sampler-specific keywords: the learned sampler's coefficients
 
     @property
     def nfe(self) -> int:
@@ -69,6 +72,9 @@ def plan(model, schedule: NoiseSchedule, sampler: str = "ddim", steps: int | Non
     fn = get_sampler(sampler)
     if steps is not None and (isinstance(steps, bool) or int(steps) != steps):
         raise NoisecraftError(f"steps must be a whole number, got {steps!r}")
+    if sampler == "learned":
+        return _learned_plan(model, schedule, fn, fn.default_steps if steps is None else int(steps),
+                             spacing or fn.default_spacing)
     if spacing is not None and not isinstance(spacing, str):
         grid = custom_timesteps(spacing, schedule)
         if steps is not None and int(steps) != len(grid):
@@ -81,6 +87,19 @@ def plan(model, schedule: NoiseSchedule, sampler: str = "ddim", steps: int | Non
     else:
         grid = make_timesteps(spacing, steps, schedule)
     return Plan(sampler, fn, steps, spacing, grid, _eta(fn, eta))
+
+
+def _learned_plan(model, schedule: NoiseSchedule, fn: Callable, steps: int, spacing: str) -> Plan:
+    """The learned sampler runs only on the grid its coefficients were fitted for."""
+    if spacing != "tuned":
+        raise NoisecraftError(f"the learned sampler's coefficients belong to their own grid: use spacing 'tuned', "
+                              f"not {spacing if isinstance(spacing, str) else 'a custom grid'}")
+    grid = tuned_grid(model, "learned", steps, schedule)
+    saved = (getattr(model, "coefficients", None) or {}).get("learned", {}).get(str(steps))
+    if saved is None:
+        raise NoisecraftError(f"no learned coefficients for {steps} steps in this model: run "
+                              f"`noisecraft tune --model MODEL --sampler learned --steps {steps}`")
+    return Plan("learned", fn, steps, "tuned", grid, 0.0, {"coefficients": check_coefficients(saved, steps)})
 
 
 def _eta(fn: Callable, eta: float | None) -> float:
@@ -139,7 +158,7 @@ def sample(
         cond = {}
     denoise = make_denoiser(model, schedule, prediction, cond, clip_denoised, dynamic_threshold)
     with torch.inference_mode():
-        return p.fn(denoise, x, p.grid, schedule, noise=noise, eta=p.eta, callback=callback).float()
+        return p.fn(denoise, x, p.grid, schedule, noise=noise, eta=p.eta, callback=callback, **p.options).float()
 
 
 __all__ = ["SAMPLERS", "SPACINGS", "Plan", "plan", "sample", "get_sampler", "make_timesteps"]

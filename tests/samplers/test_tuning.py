@@ -83,8 +83,17 @@ def test_auto_spends_exactly_the_budget(steps):
 def test_auto_table_is_ordered_and_names_real_samplers():
     from noisecraft import SAMPLERS
     from noisecraft.samplers.spacing import SPACINGS
-    assert [top for top, _, _ in AUTO] == sorted(top for top, _, _ in AUTO)
-    assert all(s in SAMPLERS and sp in SPACINGS and SAMPLERS[s].nfe(7) == 7 for _, s, sp in AUTO)
+    assert [top for top, _ in AUTO] == sorted(top for top, _ in AUTO)
+    for _, choices in AUTO:
+        assert all(s in SAMPLERS and (sp in SPACINGS or sp == "tuned") and SAMPLERS[s].nfe(7) == 7 for s, sp in choices)
+        assert choices[-1][1] != "tuned"                     # a choice that needs no fit is always left
+
+
+def test_auto_takes_learned_coefficients_only_at_small_budgets():
+    grids = {"learned": {"5": [999.0, 500.0, 200.0, 50.0, 5.0], "10": list(range(999, 0, -100))}}
+    assert choose(5, grids) == ("learned", 5, "tuned")
+    assert choose(5, {}) == ("unipc", 5, "trailing")
+    assert choose(10, grids) == ("unipc", 10, "trailing")
 
 
 def test_dynamic_thresholding_rescales_per_image():
