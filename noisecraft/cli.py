@@ -60,23 +60,6 @@ def train(
     typer.echo(f"model written to {path}")
 
 
-def _class_labels(model, value: str, n: int):
-    import torch
-
-    names = model.config.class_names or []
-    if not model.config.unet.num_classes:
-        raise NoisecraftError("this model is unconditional: drop --class")
-    if value.isdigit() and int(value) < model.config.unet.num_classes:
-        index = int(value)
-    else:
-        lowered = [c.lower() for c in names]
-        if value.lower() not in lowered:
-            raise NoisecraftError(f"unknown class {value!r}: use an index below {model.config.unet.num_classes} "
-                                  f"or one of {', '.join(names)}")
-        index = lowered.index(value.lower())
-    return torch.full((n,), index, dtype=torch.long), names[index] if names else str(index)
-
-
 @app.command()
 def sample(
     out: Path = typer.Option(..., help="Folder for 0000.png, 0001.png, ... and grid.png."),
@@ -90,9 +73,9 @@ def sample(
     eta: Optional[float] = typer.Option(None, help="Noise of DDIM/ancestral steps (0 deterministic, 1 = DDPM); default: the sampler's."),
     seed: int = typer.Option(0, help="Image i uses seed SEED+i."),
     class_: Optional[str] = typer.Option(None, "--class", help="Class index or name (class-conditional models)."),
-    prompt: Optional[str] = typer.Option(None, help="Text prompt (text-conditional models)."),
-    negative_prompt: Optional[str] = typer.Option(None, help="Negative prompt (text-conditional models)."),
-    guidance: float = typer.Option(1.0, help="Classifier-free guidance scale (1 = off)."),
+    prompt: Optional[str] = typer.Option(None, help="Text prompt; for a class-conditional model, one naming a class."),
+    negative_prompt: Optional[str] = typer.Option(None, help="Negative prompt: guidance steers away from it."),
+    guidance: Optional[float] = typer.Option(None, help="Classifier-free guidance scale (1 = off; default: the model's)."),
     batch_size: int = typer.Option(64, help="Images per forward pass."),
     gif: Optional[Path] = typer.Option(None, help="Also write the reverse process (x_t beside predicted x_0) as a GIF."),
     clip: bool = typer.Option(True, help="Clip each x_0 estimate to [-1, 1]."),
@@ -107,6 +90,7 @@ def sample(
 
     from noisecraft.device import resolve_device
     from noisecraft.io import save_gif, save_png
+    from noisecraft.conditioning import class_condition
     from noisecraft.models import load_model
     from noisecraft.samplers import plan, sample as run_sampler
     from noisecraft.samplers.common import check_threshold
@@ -116,8 +100,6 @@ def sample(
     _check_seed(seed)
     if n < 1 or batch_size < 1:
         raise NoisecraftError("--n and --batch-size must be at least 1")
-    if prompt is not None or negative_prompt is not None:
-        raise NoisecraftError("this version has no text-conditional models: drop --prompt/--negative-prompt")
     dev = resolve_device(device)
     net = load_model(model, device=dev)
     if spacing is not None and "," in spacing:                              # an explicit grid: 999,600,200
@@ -129,18 +111,20 @@ def sample(
     check_threshold(dynamic_threshold)
     sampler, steps, eta = p.sampler, p.steps, p.eta
     spacing_label = ",".join(f"{t:g}" for t in p.grid.tolist()) if p.spacing == "custom" else p.spacing
-    cond, label = {}, None
-    if class_ is not None:
-        labels, label = _class_labels(net, class_, n)
-    meta = {"model": model, "sampler": sampler, "steps": steps, "spacing": spacing_label, "eta": eta, "guidance": guidance, "class": label, "noisecraft": __version__}
+    c = class_condition(net, n, class_, prompt, negative_prompt)
+    guidance = (net.config.guidance if guidance is None else guidance) if c.cond else 1.0
+    meta = {"model": model, "sampler": sampler, "steps": steps, "spacing": spacing_label, "eta": eta,
+            "guidance": guidance, "class": c.label, "prompt": prompt, "negative_prompt": negative_prompt,
+            "noisecraft": __version__}
+    meta = {k: v for k, v in meta.items() if v is not None}
     bar = tqdm(total=-(-n // batch_size) * steps, disable=quiet, unit="step", dynamic_ncols=True)
     frames, record_every = [], max(1, steps // 100)
     images = []
     for start in range(0, n, batch_size):
         b = min(batch_size, n - start)
         gens = [torch.Generator().manual_seed(seed + start + i) for i in range(b)]
-        if class_ is not None:
-            cond = {"class_labels": labels[start:start + b].to(dev)}
+        cond = {k: v[start:start + b].to(dev) for k, v in c.cond.items()}
+        negative = None if c.negative is None else {k: v[start:start + b].to(dev) for k, v in c.negative.items()}
 
         def callback(i, x_t, x0, first=start == 0):
             bar.update(1)
@@ -149,7 +133,7 @@ def sample(
 
         images.append(run_sampler(net, (b, *net.config.image_shape), sampler=sampler, steps=steps,
                                   spacing=p.grid if p.spacing == "custom" else p.spacing,
-                                  eta=eta, generator=gens, cond=cond, guidance_scale=guidance, callback=callback,
+                                  eta=eta, generator=gens, cond=cond, guidance_scale=guidance, negative_cond=negative, callback=callback,
                                   clip_denoised=clip, dynamic_threshold=dynamic_threshold).cpu())
     bar.close()
     x = torch.cat(images)

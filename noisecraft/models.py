@@ -32,6 +32,7 @@ class ModelConfig:
     cond: str = "none"                       # "none" | "class" | "text"
     data: str = ""                           # the source it was trained on
     class_names: list[str] | None = None
+    guidance: float = 1.0                    # default classifier-free guidance scale for sampling
     description: str = ""
     noisecraft_version: str = __version__
 

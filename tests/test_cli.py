@@ -167,6 +167,25 @@ def test_tune_learned_saves_coefficients_that_sample_uses(tiny_model_dir, tmp_pa
     assert (meta["sampler"], meta["steps"], meta["spacing"]) == ("learned", "2", "tuned")
 
 
+@pytest.mark.parametrize("args, label", [(["--class", "3"], "3"), (["--prompt", "a handwritten 7"], "7"),
+                                         (["--prompt", "a 2", "--negative-prompt", "a 5"], "2"), (["--prompt", ""], None)])
+def test_class_model_samples_a_class_named_or_prompted(tiny_class_model_dir, tmp_path, capsys, args, label):
+    code, _, err = run(["sample", "--model", tiny_class_model_dir, "--n", 2, "--steps", 2, "--out", tmp_path / "o",
+                        "--quiet", *args], capsys)
+    assert code == 0, err
+    meta = Image.open(tmp_path / "o" / "0001.png").text
+    assert meta.get("class") == label and float(meta["guidance"]) == (3.0 if label else 1.0)
+
+
+@pytest.mark.parametrize("args, match", [(["--class", "eleven"], "unknown class 'eleven'"),
+                                         (["--prompt", "a cat"], "takes no free text"),
+                                         (["--class", "3", "--prompt", "a 4"], "not both")])
+def test_class_model_bad_class_or_prompt(tiny_class_model_dir, tmp_path, capsys, args, match):
+    code, _, err = run(["sample", "--model", tiny_class_model_dir, "--out", tmp_path / "o", *args], capsys)
+    assert_user_error(code, err, match)
+    assert not (tmp_path / "o").exists()
+
+
 def test_console_script_and_module_entry_point(tmp_path):
     for cmd in ([sys.executable, "-m", "noisecraft", "sample", "--model", "nope", "--out", str(tmp_path)],):
         r = subprocess.run(cmd, capture_output=True, text=True)

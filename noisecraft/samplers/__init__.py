@@ -122,6 +122,7 @@ def sample(
     x_T: torch.Tensor | None = None,
     cond: dict | None = None,
     guidance_scale: float = 1.0,
+    negative_cond: dict | None = None,
     callback: Callable | None = None,
     clip_denoised: bool = True,
     dynamic_threshold: float | None = None,
@@ -132,8 +133,9 @@ def sample(
     `schedule` and `prediction` default to the model's own (`model.schedule`, `model.prediction`);
     `steps`, `spacing` and `eta` to the sampler's defaults (eta 0 for DDIM, 1 for the ancestral and
     SDE samplers); see `plan()` for "auto", "tuned" and custom grids. `cond` is passed to the model
-    as keywords. `clip_denoised` clips each x_0 estimate to [-1, 1]; `dynamic_threshold=p` instead
-    clips it at the p-quantile of its absolute values and rescales (Imagen, Saharia et al. 2022).
+    as keywords; with guidance_scale != 1, `negative_cond` (same keys) replaces the unconditional
+    branch. `clip_denoised` clips each x_0 estimate to [-1, 1]; `dynamic_threshold=p` instead clips
+    it at the p-quantile of its absolute values and rescales (Imagen, Saharia et al. 2022).
     """
     schedule = schedule if schedule is not None else getattr(model, "schedule", None)
     if schedule is None:
@@ -154,7 +156,7 @@ def sample(
     cond = dict(cond or {})
     if guidance_scale != 1.0:
         from noisecraft.guidance import guided
-        model = guided(model, cond, guidance_scale)
+        model = guided(model, cond, guidance_scale, negative_cond)
         cond = {}
     denoise = make_denoiser(model, schedule, prediction, cond, clip_denoised, dynamic_threshold)
     with torch.inference_mode():

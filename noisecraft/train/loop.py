@@ -23,6 +23,7 @@ from noisecraft.train.ema import EMA
 from noisecraft.viz import make_grid
 
 CFG_DROPOUT = 0.1  # condition dropped 10% of the time, for classifier-free guidance (Ho & Salimans 2021)
+DEFAULT_GUIDANCE = 3.0  # written into a conditional model's config; a shipped model's is set by measurement
 
 
 @dataclass
@@ -110,6 +111,7 @@ def train(opts: TrainOptions, log: Callable[[str], None] = print, progress: bool
     schedule_cfg = ScheduleConfig(kind=opts.schedule)
     config = ModelConfig(unet=unet, schedule=schedule_cfg, prediction=opts.prediction, cond=opts.cond, data=opts.data,
                          class_names=data.class_names if opts.cond == "class" else None,
+                         guidance=DEFAULT_GUIDANCE if opts.cond != "none" else 1.0,
                          description=f"{opts.preset} UNet trained on {opts.data}")
 
     torch.manual_seed(opts.seed)
