@@ -39,7 +39,7 @@ def train(
     sample_every: Optional[int] = typer.Option(None, help="Write a sample grid every N steps (default: at checkpoints; 0: never)."),
     resume: bool = typer.Option(False, help="Continue the run in --out from its checkpoint."),
     seed: int = typer.Option(0, help="Same seed and options give the same weights on CPU."),
-    cond: str = typer.Option("none", help="none | class."),
+    cond: str = typer.Option("none", help="none | class | text (captions through a frozen text encoder)."),
     prediction: str = typer.Option("epsilon", help="epsilon | sample | v_prediction."),
     schedule: str = typer.Option("linear", help="Noise schedule: linear | cosine."),
     min_snr_gamma: float = typer.Option(5.0, help="Min-SNR-gamma loss weighting (Hang et al. 2023); 0 turns it off."),
@@ -90,7 +90,7 @@ def sample(
 
     from noisecraft.device import resolve_device
     from noisecraft.io import save_gif, save_png
-    from noisecraft.conditioning import class_condition
+    from noisecraft.conditioning import condition
     from noisecraft.models import load_model
     from noisecraft.samplers import plan, sample as run_sampler
     from noisecraft.samplers.common import check_threshold
@@ -111,8 +111,8 @@ def sample(
     check_threshold(dynamic_threshold)
     sampler, steps, eta = p.sampler, p.steps, p.eta
     spacing_label = ",".join(f"{t:g}" for t in p.grid.tolist()) if p.spacing == "custom" else p.spacing
-    c = class_condition(net, n, class_, prompt, negative_prompt)
-    guidance = (net.config.guidance if guidance is None else guidance) if c.cond else 1.0
+    c = condition(net, n, class_, prompt, negative_prompt)
+    guidance = (net.config.guidance if guidance is None else guidance) if c.label is not None else 1.0
     meta = {"model": model, "sampler": sampler, "steps": steps, "spacing": spacing_label, "eta": eta,
             "guidance": guidance, "class": c.label, "prompt": prompt, "negative_prompt": negative_prompt,
             "noisecraft": __version__}

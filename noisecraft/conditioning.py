@@ -1,12 +1,15 @@
 """What a user asks for (a class, a prompt, a negative prompt) turned into the model's `cond` keywords.
 
 A class-conditional model takes `class_labels`; its classes can be named by index, by name
-(case-insensitive) or by a prompt that names one ("a photo of a sneaker"). An empty prompt means
-unconditional. The CLI and the server share these rules.
+(case-insensitive) or by a prompt that names one ("a photo of a sneaker"). A text-conditional model
+takes the prompt's token states (`context`, `context_mask`); a prompt longer than its encoder's
+token limit is truncated with a warning. An empty prompt means unconditional. The CLI and the server
+share these rules through `condition()`.
 """
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -21,7 +24,7 @@ class Condition:
 
     cond: dict
     negative: dict | None = None
-    label: str | None = None
+    label: str | None = None             # the class or prompt; None when unconditional (no guidance then)
 
 
 def _aliases(name: str) -> list[str]:
@@ -89,3 +92,25 @@ def class_condition(model, n: int, class_: int | str | None = None, prompt: str 
             raise NoisecraftError("a negative prompt needs a class or a prompt to steer towards")
         return Condition({})                                   # empty prompt: unconditional
     return Condition({"class_labels": torch.full((n,), index, dtype=torch.long)}, negative, names[index])
+
+
+def text_condition(model, n: int, prompt: str | None, negative_prompt: str | None = None) -> Condition:
+    """Condition n images on a prompt; the negative prompt (default: the empty one) is guidance's other branch."""
+    encoder = model.text_encoder()
+    prompt, negative_prompt = (prompt or "").strip(), (negative_prompt or "").strip()
+    states, mask, truncated = encoder.encode([prompt, negative_prompt])
+    for what, cut in zip(("the prompt", "the negative prompt"), truncated):
+        if cut:
+            warnings.warn(f"{what} is longer than the text encoder's {encoder.max_tokens} tokens and was truncated")
+    as_cond = lambda i: {"context": states[i:i + 1].expand(n, -1, -1), "context_mask": mask[i:i + 1].expand(n, -1)}
+    return Condition(as_cond(0), as_cond(1), prompt or None)
+
+
+def condition(model, n: int, class_: int | str | None = None, prompt: str | None = None,
+              negative_prompt: str | None = None) -> Condition:
+    """The condition for n images from whatever the user gave, by the kind of model."""
+    if model.config.cond == "text":
+        if class_ is not None:
+            raise NoisecraftError("this model is text-conditional: describe the image with a prompt instead of a class")
+        return text_condition(model, n, prompt, negative_prompt)
+    return class_condition(model, n, class_, prompt, negative_prompt)

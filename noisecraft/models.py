@@ -33,6 +33,8 @@ class ModelConfig:
     data: str = ""                           # the source it was trained on
     class_names: list[str] | None = None
     guidance: float = 1.0                    # default classifier-free guidance scale for sampling
+    text_encoder: str | None = None          # cond "text": "minilm" or a local encoder folder (nets/text.py)
+    max_tokens: int = 24                     # prompt length the text encoder pads or truncates to
     description: str = ""
     noisecraft_version: str = __version__
 
@@ -68,14 +70,30 @@ class DiffusionModel(nn.Module):
         self.prediction = config.prediction
         self.grids: dict = {}            # timestep grids tuned for this model: {sampler: {steps: [t, ...]}}
         self.coefficients: dict = {}     # the learned sampler's, per grid: {sampler: {steps: [[c, ...], ...]}}
+        self._text_encoder = None
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, **cond) -> torch.Tensor:
         return self.net(x_t, t, **cond)
 
+    def text_encoder(self):
+        """The frozen text encoder of a text-conditional model, loaded on first use."""
+        if self.config.cond != "text":
+            raise NoisecraftError("this model is not text-conditional: it takes no free-text prompt")
+        if self._text_encoder is None:
+            from noisecraft.nets.text import TextEncoder
+            self._text_encoder = TextEncoder(self.config.text_encoder, self.config.max_tokens)
+        return self._text_encoder
+
     def null_cond(self, cond: dict) -> dict:
-        """The "no condition" input for classifier-free guidance, batched like `cond`."""
+        """The "no condition" input for classifier-free guidance, batched like `cond`: the null class,
+        or the empty prompt's token states (what condition dropout trained on)."""
         if "class_labels" in cond and self.config.unet.num_classes:
             return {"class_labels": torch.full_like(cond["class_labels"], self.config.unet.num_classes)}
+        if "context" in cond and self.config.cond == "text":
+            states, mask, _ = self.text_encoder().encode([""])
+            n = cond["context"].shape[0]
+            return {"context": states.to(cond["context"]).expand(n, -1, -1),
+                    "context_mask": mask.to(cond["context"].device).expand(n, -1)}
         raise NoisecraftError("this model was not trained with a droppable condition: set guidance to 1")
 
 

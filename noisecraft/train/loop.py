@@ -17,6 +17,7 @@ from noisecraft.errors import NoisecraftError
 from noisecraft.io import save_png
 from noisecraft.models import CONFIG_FILE, DiffusionModel, ModelConfig, load_state, save_model
 from noisecraft.nets import get_preset
+from noisecraft.nets.text import DEFAULT_ENCODER, MAX_TOKENS
 from noisecraft.samplers import sample
 from noisecraft.train.checkpoint import STATE_FILE, load_checkpoint, save_checkpoint
 from noisecraft.train.ema import EMA
@@ -53,8 +54,8 @@ class TrainOptions:
     def validate(self) -> "TrainOptions":
         if self.model != "diffusion":
             raise NoisecraftError(f"--model {self.model} is not available in this version: use --model diffusion")
-        if self.cond not in ("none", "class"):
-            raise NoisecraftError(f"--cond {self.cond} is not available in this version: use none or class")
+        if self.cond not in ("none", "class", "text"):
+            raise NoisecraftError(f"unknown --cond {self.cond!r}: use none, class or text")
         check_prediction(self.prediction)
         get_preset(self.preset)
         if self.schedule not in ("linear", "cosine"):
@@ -108,10 +109,16 @@ def train(opts: TrainOptions, log: Callable[[str], None] = print, progress: bool
         if data.labels is None:
             raise NoisecraftError(f"--cond class needs labels, and {opts.data} has none (use subfolders per class)")
         unet = replace(unet, num_classes=len(data.class_names))
+    captions = None
+    if opts.cond == "text":
+        captions, encoder = text_table(data, opts.data)
+        captions = tuple(v.to(device) for v in captions)
+        unet = replace(unet, context_dim=encoder.width)
     schedule_cfg = ScheduleConfig(kind=opts.schedule)
     config = ModelConfig(unet=unet, schedule=schedule_cfg, prediction=opts.prediction, cond=opts.cond, data=opts.data,
                          class_names=data.class_names if opts.cond == "class" else None,
                          guidance=DEFAULT_GUIDANCE if opts.cond != "none" else 1.0,
+                         text_encoder=DEFAULT_ENCODER if opts.cond == "text" else None, max_tokens=MAX_TOKENS,
                          description=f"{opts.preset} UNet trained on {opts.data}")
 
     torch.manual_seed(opts.seed)
@@ -177,6 +184,11 @@ def train(opts: TrainOptions, log: Callable[[str], None] = print, progress: bool
             y = labels[idx]
             drop = torch.rand(len(idx), generator=noise_gen).to(device) < CFG_DROPOUT
             cond["class_labels"] = torch.where(drop, torch.full_like(y, config.unet.num_classes), y)
+        if captions is not None:
+            states, masks, caption_index = captions
+            drop = torch.rand(len(idx), generator=noise_gen).to(device) < CFG_DROPOUT
+            c = torch.where(drop, torch.zeros_like(idx), caption_index[idx])        # row 0: the empty prompt
+            cond["context"], cond["context_mask"] = states[c], masks[c]
         loss = diffusion_loss(model(x_t, t.float(), **cond), x0, noise, alpha_bar[t], opts.prediction,
                               opts.min_snr_gamma or None)
         if not torch.isfinite(loss):
@@ -210,6 +222,21 @@ def train(opts: TrainOptions, log: Callable[[str], None] = print, progress: bool
     if good_step != step:
         checkpoint()
     return out
+
+
+def text_table(data, source: str):
+    """Every distinct caption encoded once by the frozen text encoder: (states (U, L, D), masks (U, L),
+    caption index per image), with row 0 the empty prompt that condition dropout swaps in."""
+    from noisecraft.nets.text import TextEncoder
+
+    if getattr(data, "captions", None) is None:
+        raise NoisecraftError(f"--cond text needs captions, and {source} has none: use shapes, emoji, or a folder "
+                              "with metadata.jsonl")
+    unique = list(dict.fromkeys(["", *data.captions]))
+    row = {c: i for i, c in enumerate(unique)}
+    encoder = TextEncoder(DEFAULT_ENCODER, MAX_TOKENS)
+    states, masks, _ = encoder.encode(unique)
+    return (states, masks, torch.tensor([row[c] for c in data.captions])), encoder
 
 
 def write_sample_grid(path: Path, config: ModelConfig, ema: EMA, device, n: int = 64) -> None:
