@@ -120,7 +120,7 @@ def bench(name: str, data: GaussianMixture, schedule, n: int, budgets, tune: boo
                              **score(x, data, mean, cov, floor)})
             t0 = time.time()
             grid, coefficients, info = tune_learned(model, data.shape, budget, schedule=schedule, n=256, seed=0,
-                                                    reference_steps=300, clip_denoised=False)
+                                                    reference_steps=300, max_evals=100, clip_denoised=False)
             model.grids = {"learned": {str(budget): grid.tolist()}}
             model.coefficients = {"learned": {str(budget): [c.tolist() for c in coefficients]}}
             x = sample(model, x_T.shape, sampler="learned", steps=budget, **common)

@@ -90,7 +90,7 @@ def sample(
 
     from noisecraft.device import resolve_device
     from noisecraft.io import save_gif, save_png
-    from noisecraft.conditioning import condition
+    from noisecraft.guidance import condition
     from noisecraft.models import load_model
     from noisecraft.samplers import plan, sample as run_sampler
     from noisecraft.samplers.common import check_threshold

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from noisecraft import NoisecraftError, sample
-from noisecraft.conditioning import condition
+from noisecraft.guidance import condition
 from noisecraft.models import DiffusionModel, ModelConfig
 from noisecraft.nets import PRESETS
 from noisecraft.nets.text import TextEncoder
