@@ -246,6 +246,26 @@ def forward(
 
 
 @app.command()
+def data(
+    name: Optional[str] = typer.Argument(None, help="A source to prepare (emoji); leave out to list the sources."),
+    out: Optional[Path] = typer.Option(None, help="Where to unpack (default: $NOISECRAFT_DATA/emoji or ~/.cache/noisecraft/emoji)."),
+    tarball: Optional[Path] = typer.Option(None, help="Use this `npm pack emoji-datasource-google` tarball instead of npm."),
+):
+    """List the data sources, or prepare one that needs a download (emoji, through npm)."""
+    from noisecraft.data import describe_sources
+    from noisecraft.data.emoji import unpack_emoji
+
+    if name is None:
+        for source, description in describe_sources():
+            typer.echo(f"{source:16s} {description}")
+        return
+    if name != "emoji":
+        raise NoisecraftError(f"only emoji needs preparing (the other sources load as they are): got {name!r}")
+    dest, count = unpack_emoji(out, tarball)
+    typer.echo(f"{count} emoji images with captions in {dest}")
+
+
+@app.command()
 def models():
     """List the shipped models."""
     from noisecraft.models import list_models
