@@ -5,6 +5,7 @@ model needs it, but with a direct objective: the mean distance (RMS per image) b
 calibration batch of noise and where the probability-flow ODE takes it (a converged 3rd-order solve).
 Grids are parameterized by their log-sigma increments (a softmax, so they stay decreasing), start from
 the best fixed spacing and are refined by Nelder-Mead; the first point stays at t = T-1 (pure noise).
+`tune_learned` does the same for the learned sampler, fitting its coefficients to each candidate grid.
 """
 from __future__ import annotations
 
