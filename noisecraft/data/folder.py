@@ -1,6 +1,9 @@
-"""Any folder of images (DESIGN.md §5), with labels from first-level subfolders."""
+"""Any folder of images (DESIGN.md §5), with labels from first-level subfolders and captions from
+metadata.jsonl (one {"file_name": ..., "text": ...} per line, the diffusers/datasets convention) or
+from a sidecar text file beside each image (cat.png + cat.txt)."""
 from __future__ import annotations
 
+import json
 import os
 import struct
 import warnings
@@ -99,4 +102,32 @@ def image_folder(root: Path, image_size: int | None, channels: int | None) -> Im
         class_names = sorted({q[0] for q in parts})
         index = {name: i for i, name in enumerate(class_names)}
         labels = torch.tensor([index[p.relative_to(root).parts[0]] for p in kept], dtype=torch.long)
-    return ImageData(images, labels, class_names, str(root), skipped=len(bad))
+    return ImageData(images, labels, class_names, str(root), skipped=len(bad), captions=folder_captions(root, kept))
+
+
+def folder_captions(root: Path, files: list[Path]) -> list[str] | None:
+    """Each image's caption, from root/metadata.jsonl or a .txt beside it; None when the folder has neither.
+    An image with no caption when others have one gets the empty caption (unconditional), with a warning."""
+    meta = root / "metadata.jsonl"
+    found: dict[Path, str] = {}
+    if meta.is_file():
+        for n, line in enumerate(meta.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                found[(root / row["file_name"]).resolve()] = str(row["text"])
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise NoisecraftError(f"{meta} line {n} is not a JSON object with file_name and text: fix or remove "
+                                      "that line") from None
+    for path in files:
+        side = path.with_suffix(".txt")
+        if path.resolve() not in found and side.is_file():
+            found[path.resolve()] = side.read_text(encoding="utf-8", errors="replace").strip()
+    if not found:
+        return None
+    captions = [found.get(path.resolve(), "") for path in files]
+    missing = sum(1 for path in files if path.resolve() not in found)
+    if missing:
+        warnings.warn(f"{missing} image(s) in {root} have no caption and train as unconditional", stacklevel=3)
+    return captions

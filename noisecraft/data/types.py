@@ -17,3 +17,4 @@ class ImageData:
     class_names: list[str] | None        # class_names[label]
     name: str                            # source name, or the folder path
     skipped: int = 0                     # unreadable files left out (folders only)
+    captions: list[str] | None = None    # one text per image, for text conditioning

@@ -112,3 +112,32 @@ def test_folder_has_no_test_split(tmp_path):
     assert len(load_dataset(str(tmp_path), split="all").images) == 1
     with pytest.raises(NoisecraftError, match="no 'test' split"):
         load_dataset(str(tmp_path), split="test")
+
+
+def test_captions_from_metadata_jsonl_and_sidecar_files(tmp_path):
+    import json
+    import warnings as w
+    for name in ("a.png", "b.png", "c.png", "d.png"):
+        Image.new("RGB", (8, 8), "red").save(tmp_path / name)
+    (tmp_path / "metadata.jsonl").write_text(json.dumps({"file_name": "a.png", "text": "a red square"}) + "\n\n"
+                                             + json.dumps({"file_name": "b.png", "text": "another"}) + "\n")
+    (tmp_path / "c.txt").write_text("from a sidecar\n")
+    with pytest.warns(UserWarning, match="1 image"):
+        data = load_dataset(tmp_path)
+    assert data.captions == ["a red square", "another", "from a sidecar", ""]
+    (tmp_path / "d.txt").write_text("fourth")
+    with w.catch_warnings():
+        w.simplefilter("error")
+        assert load_dataset(tmp_path).captions[-1] == "fourth"
+
+
+def test_folder_without_captions_has_none(tmp_path):
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "a.png")
+    assert load_dataset(tmp_path).captions is None
+
+
+def test_broken_metadata_line_is_a_clear_error(tmp_path):
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "a.png")
+    (tmp_path / "metadata.jsonl").write_text('{"file_name": "a.png"}\n')
+    with pytest.raises(NoisecraftError, match="line 1 is not a JSON object with file_name and text"):
+        load_dataset(tmp_path)
