@@ -80,6 +80,18 @@ def fashion_mnist(split: str) -> ImageData:
     return ImageData(torch.cat(images), torch.cat(labels), list(FASHION_CLASSES), "fashion-mnist")
 
 
+def emoji(split: str) -> ImageData:
+    """Google's 64x64 emoji with their names as captions, unpacked by `noisecraft data emoji` (RGBA on white)."""
+    from noisecraft.data.emoji import emoji_dir
+    from noisecraft.data.folder import image_folder
+
+    path = emoji_dir()
+    if not (path / "metadata.jsonl").is_file():
+        raise NoisecraftError(f"the emoji set is not unpacked in {path}: run `noisecraft data emoji` first (needs npm)")
+    data = image_folder(path, None, 3)
+    return ImageData(data.images, None, None, "emoji", captions=data.captions)
+
+
 @dataclass(frozen=True)
 class Source:
     """A built-in source: its loader, a line for listings, and the splits it has."""
@@ -95,4 +107,6 @@ BUILTIN: dict[str, Source] = {
     "fashion-mnist": Source(fashion_mnist, "70,000 28x28 clothing images, 10 classes (idx .gz files in "
                                            f"$NOISECRAFT_DATA or {FASHION_SYSTEM_DIR})"),
     "faces": Source(faces, "100 25x25 grey face crops (scikit-image's LFW subset)", ("train", "all")),
+    "emoji": Source(emoji, "3,786 64x64 emoji with their names as captions (`noisecraft data emoji` unpacks "
+                           "the npm package emoji-datasource-google)", ("train", "all")),
 }

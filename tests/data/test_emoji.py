@@ -70,3 +70,13 @@ def test_an_existing_folder_is_never_overwritten(tmp_path):
     with pytest.raises(NoisecraftError, match="not an unpacked emoji set"):
         unpack_emoji(tmp_path / "mine", make_tarball(tmp_path / "e.tgz"))
     assert (tmp_path / "mine" / "photo.png").exists()
+
+
+def test_emoji_source_loads_the_unpacked_set_with_captions(tmp_path, monkeypatch):
+    from noisecraft.data import load_dataset
+    monkeypatch.setenv("NOISECRAFT_DATA", str(tmp_path))
+    with pytest.raises(NoisecraftError, match="noisecraft data emoji"):
+        load_dataset("emoji")
+    unpack_emoji(None, make_tarball(tmp_path / "e.tgz"))
+    data = load_dataset("emoji", image_size=32)
+    assert data.images.shape == (4, 3, 32, 32) and sorted(data.captions) == sorted(captions(INDEX).values())
