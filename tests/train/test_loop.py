@@ -103,3 +103,36 @@ def test_other_parameterizations_and_class_conditioning_train(tmp_path, predicti
     model = load_model(out)
     assert model.prediction == prediction and model.config.unet.num_classes == 10
     assert model.config.class_names == [str(i) for i in range(10)]
+
+
+def _captioned_folder(root):
+    """16 coloured squares with captions in metadata.jsonl."""
+    from PIL import Image
+    root.mkdir()
+    rows = []
+    for i in range(16):
+        colour = ("red", "blue")[i % 2]
+        Image.new("RGB", (16, 16), colour).save(root / f"{i:02d}.png")
+        rows.append(json.dumps({"file_name": f"{i:02d}.png", "text": f"a {colour} square"}))
+    (root / "metadata.jsonl").write_text("\n".join(rows))
+    return root
+
+
+def test_text_conditioning_trains_and_samples_from_a_prompt(tmp_path):
+    from noisecraft import sample
+    from noisecraft.guidance import condition
+    data = _captioned_folder(tmp_path / "captioned")
+    out = quiet_train(opts(tmp_path, data=str(data), max_steps=3, cond="text", batch_size=8))
+    model = load_model(out)
+    assert model.config.cond == "text" and model.config.text_encoder == "minilm"
+    assert model.config.unet.context_dim == 384 and model.config.guidance > 1
+    c = condition(model, 2, prompt="a red square")
+    x = sample(model, (2, *model.config.image_shape), steps=2, cond=c.cond, guidance_scale=model.config.guidance,
+               negative_cond=c.negative, generator=torch.Generator().manual_seed(0))
+    assert x.shape == (2, 1, 16, 16) and bool(torch.isfinite(x).all())
+
+
+def test_text_conditioning_needs_captions(tmp_path):
+    with pytest.raises(NoisecraftError, match="needs captions"):
+        quiet_train(opts(tmp_path, cond="text"))
+    assert not (tmp_path / "run").exists()
