@@ -92,6 +92,16 @@ def emoji(split: str) -> ImageData:
     return ImageData(data.images, None, None, "emoji", captions=data.captions)
 
 
+def shapes(split: str) -> ImageData:
+    """The procedural shapes set (data/shapes.py), 32x32 RGB with captions: 20,000 train scenes without the
+    held-out colour/shape pairs, 2,000 test scenes that each use one; generated the same way every time."""
+    from noisecraft.data.shapes import make_split
+
+    parts = {"train": [(20_000, 0, False)], "test": [(2_000, 1, True)]}
+    made = [make_split(*p) for p in (parts["train"] + parts["test"] if split == "all" else parts[split])]
+    return ImageData(torch.cat([m[0] for m in made]), None, None, "shapes", captions=[c for m in made for c in m[1]])
+
+
 @dataclass(frozen=True)
 class Source:
     """A built-in source: its loader, a line for listings, and the splits it has."""
@@ -107,6 +117,8 @@ BUILTIN: dict[str, Source] = {
     "fashion-mnist": Source(fashion_mnist, "70,000 28x28 clothing images, 10 classes (idx .gz files in "
                                            f"$NOISECRAFT_DATA or {FASHION_SYSTEM_DIR})"),
     "faces": Source(faces, "100 25x25 grey face crops (scikit-image's LFW subset)", ("train", "all")),
+    "shapes": Source(shapes, "32x32 coloured circles, squares and triangles with captions such as 'a red circle "
+                             "left of a blue square', and an exact prompt checker; test = held-out colour/shape pairs"),
     "emoji": Source(emoji, "3,786 64x64 emoji with their names as captions (`noisecraft data emoji` unpacks "
                            "the npm package emoji-datasource-google)", ("train", "all")),
 }

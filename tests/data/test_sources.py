@@ -14,7 +14,7 @@ def _in_range(x):
 
 
 def test_registry_lists_the_builtin_sources():
-    assert tuple(SOURCES) == ("digits", "fashion-mnist", "faces", "emoji")
+    assert tuple(SOURCES) == ("digits", "fashion-mnist", "faces", "shapes", "emoji")
     assert [name for name, _ in describe_sources()] == [*SOURCES, "DIR"]
 
 
@@ -127,5 +127,5 @@ def test_bad_arguments(kwargs, match):
 @pytest.mark.parametrize("source", ["no-such-source", ""])
 def test_unknown_source(source, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(NoisecraftError, match="unknown data source .*digits, fashion-mnist, faces, emoji or an image folder"):
+    with pytest.raises(NoisecraftError, match="unknown data source .*digits, fashion-mnist, faces, shapes, emoji or an image folder"):
         load_dataset(source)
