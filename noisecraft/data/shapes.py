@@ -1,20 +1,46 @@
-"""`shapes`: procedural captioned images with an exact prompt-adherence checker (text-to-image you can grade).
+"""`shapes`: procedural captioned images and an exact prompt-adherence checker (text-to-image you can grade).
 
-Objects are flat circles, squares and triangles (apex up) in red, green, blue or yellow on black.
-Captions follow one grammar, and `parse_prompt` is the inverse of `caption`:
-    single object:  "a {small|large} {colour} {shape} {on the left|on the right|at the top|at the bottom}"
-    two objects:    "a {colour} {shape} {left of|right of|above|below} a {colour} {shape}"
-`check(image, prompt)` reads a picture back: pixels go to the nearest palette colour, each colour's
-connected components larger than a speck are objects; a triangle is told by where its mass sits (2/3 of the
-way down its bounding box, against 1/2), a square from a circle by how much of its bounding box it fills (1 against
-pi/4); the size comes from the bounding box, positions and relations from centroids. The image passes when it holds exactly the objects the prompt names, with the
-named attributes. Some colour/shape pairs (HELDOUT) never occur in the train split, so adherence on
-them measures composition rather than memory.
+A scene is one or two flat objects on black: a circle, a square or an upright triangle, in pure red, green,
+blue or yellow, small (bounding box 25% of the image side) or large (42%).
+
+Captions have one grammar; `parse_prompt(caption(scene)) == scene`, and parse_prompt also takes any case,
+extra spaces, "an" for "a" and a final full stop:
+
+    prompt   := single | pair
+    single   := "a" SIZE COLOUR SHAPE POSITION              "a large red circle at the top"
+    pair     := "a" COLOUR SHAPE RELATION "a" COLOUR SHAPE  "a red circle left of a blue square"
+    SIZE     := "small" | "large"
+    COLOUR   := "red" | "green" | "blue" | "yellow"
+    SHAPE    := "circle" | "square" | "triangle"
+    POSITION := "on the left" | "on the right" | "at the top" | "at the bottom"
+    RELATION := "left of" | "right of" | "above" | "below"
+
+A pair's sizes are drawn at random and not named. Directions are exclusive: an object is "on the left" when
+its centre is further left of the image centre than it is above or below it (and at least MIN_OFFSET
+away), and "A left of B" when A's centre is further left of B's than above or below it. `render` keeps each
+object well inside its region, so every rendered image has exactly one true caption.
+
+`check(image, prompt)` reads an image back, any size from 16x16 (exact on renders at 16 to 96 pixels, drawn at
+that size or resized, and with Gaussian noise):
+  - a pixel's colour is the nearest corner of the colour cube (the four caption colours, cyan, magenta or
+    white) once its brightest channel is scaled to 1, so dim, noisy or blurred colours still read right;
+  - an object is an 8-connected component of one colour brighter than FOREGROUND, grown by a pixel to take
+    in blurred edges, its pixels weighted by brightness; ones lighter than half a small triangle are specks;
+  - its shape comes from the moments of those weights, which a blur hardly changes: an upright triangle's
+    vertical profile is skewed (-0.57, the others 0), and a square is twice as flat (fourth cumulant)
+    along its axes as along its diagonals, a circle the same in every direction;
+  - its size is the side of its bounding box, found from its mass and shape; its position is the centre.
+The image passes when it holds exactly the objects the prompt names (no extra ones) with the named colours,
+shapes, sizes, position or relation; `check_report` says what differs.
+
+Some colour/shape pairs (HELDOUT) never occur in the train split, not even as one object of a pair; every
+test scene uses at least one, so adherence on the test split measures composition, not memory.
 """
 from __future__ import annotations
 
+import functools
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -22,29 +48,47 @@ import torch
 from noisecraft.errors import NoisecraftError
 
 COLOURS = {"red": (1.0, 0.0, 0.0), "green": (0.0, 1.0, 0.0), "blue": (0.0, 0.0, 1.0), "yellow": (1.0, 1.0, 0.0)}
+# The checker also knows the other bright corners of the colour cube, so objects in them count as extra ones.
+SEEN_COLOURS = COLOURS | {"cyan": (0.0, 1.0, 1.0), "magenta": (1.0, 0.0, 1.0), "white": (1.0, 1.0, 1.0)}
 SHAPES = ("circle", "square", "triangle")
-SIZES = {"small": 0.22, "large": 0.40}                       # bounding-box side / image side
+SIZES = {"small": 0.25, "large": 0.42}                  # bounding-box side / image side
+# A direction is (axis, sign): axis 0 is x (left to right), 1 is y (top to bottom).
 POSITIONS = {"on the left": (0, -1), "on the right": (0, 1), "at the top": (1, -1), "at the bottom": (1, 1)}
-RELATIONS = {"left of": (0, -1), "right of": (0, 1), "above": (1, -1), "below": (1, 1)}   # (axis, sign of A - B)
+RELATIONS = {"left of": (0, -1), "right of": (0, 1), "above": (1, -1), "below": (1, 1)}  # of A relative to B
 HELDOUT = (("blue", "triangle"), ("yellow", "circle"), ("green", "square"))
-SIZE = 32
+IMAGE_SIZE = 32
+MIN_IMAGE_SIZE = 16
+
+# Layout, in fractions of the image side.
+GAP = 0.05                # each object's nearest edge stays this far from the middle line
+ACROSS = 0.10             # largest shift of a centre across its direction
+MIN_OFFSET = 0.10         # a single object's centre is at least this far from the image centre
+# Reading, brightness in [0, 1].
+FOREGROUND = 0.4          # a component's core is brighter than this
+FLOOR = 0.05              # around the core, weight = brightness above this floor (so background noise adds nothing)
+FILL = {"circle": np.pi / 4, "square": 1.0, "triangle": 0.5}   # area / bounding-box area
+MIN_AREA = 0.5 * FILL["triangle"] * SIZES["small"] ** 2         # half a small triangle; less is a speck
+TRIANGLE_SKEW = -0.2      # an upright triangle's vertical skewness is -0.57, blurred less; circles and squares 0
 
 
 @dataclass(frozen=True)
 class Obj:
+    """One object of a scene: COLOURS and SHAPES keys, and a SIZES key or None."""
+
     colour: str
     shape: str
-    size: str | None = None                                  # relations leave size out of the caption
+    size: str | None = None                             # None in a pair, whose captions leave size out
 
 
 @dataclass(frozen=True)
 class Scene:
-    """One object at a position, or two objects in a relation (A relation B)."""
+    """One object at a position, or two objects A, B with A in a relation to B."""
 
     objects: tuple[Obj, ...]
-    where: str                                               # a POSITIONS key, or a RELATIONS key
+    where: str                                          # a POSITIONS key for one object, a RELATIONS key for two
 
 
+# -- captions --------------------------------------------------------------------------------------------------
 def caption(scene: Scene) -> str:
     a = scene.objects[0]
     if len(scene.objects) == 1:
@@ -53,72 +97,94 @@ def caption(scene: Scene) -> str:
     return f"a {a.colour} {a.shape} {scene.where} a {b.colour} {b.shape}"
 
 
-_C, _S = "|".join(COLOURS), "|".join(SHAPES)
-_SINGLE = re.compile(rf"an? ({'|'.join(SIZES)}) ({_C}) ({_S}) ({'|'.join(POSITIONS)})")
-_PAIR = re.compile(rf"an? ({_C}) ({_S}) ({'|'.join(RELATIONS)}) an? ({_C}) ({_S})")
+def _alternatives(words) -> str:
+    return "|".join(words)
+
+
+_COLOUR, _SHAPE = _alternatives(COLOURS), _alternatives(SHAPES)
+_SINGLE = re.compile(rf"an? ({_alternatives(SIZES)}) ({_COLOUR}) ({_SHAPE}) ({_alternatives(POSITIONS)})")
+_PAIR = re.compile(rf"an? ({_COLOUR}) ({_SHAPE}) ({_alternatives(RELATIONS)}) an? ({_COLOUR}) ({_SHAPE})")
 
 
 def parse_prompt(text: str) -> Scene:
-    """The scene a caption describes; case and extra spaces do not matter."""
-    t = " ".join(str(text).lower().replace(".", " ").split())
-    if m := _SINGLE.fullmatch(t):
+    """The scene a caption describes; case, extra spaces and a final full stop do not matter."""
+    words = " ".join(str(text).lower().split()).removesuffix(".").strip()
+    if m := _SINGLE.fullmatch(words):
         size, colour, shape, where = m.groups()
         return Scene((Obj(colour, shape, size),), where)
-    if m := _PAIR.fullmatch(t):
-        c1, s1, where, c2, s2 = m.groups()
-        return Scene((Obj(c1, s1), Obj(c2, s2)), where)
-    raise NoisecraftError(f"cannot read {text!r} as a shapes prompt: use 'a small|large COLOUR SHAPE on the left|"
-                          f"on the right|at the top|at the bottom' or 'a COLOUR SHAPE left of|right of|above|below "
-                          f"a COLOUR SHAPE', with COLOUR in {', '.join(COLOURS)} and SHAPE in {', '.join(SHAPES)}")
+    if m := _PAIR.fullmatch(words):
+        colour_a, shape_a, where, colour_b, shape_b = m.groups()
+        return Scene((Obj(colour_a, shape_a), Obj(colour_b, shape_b)), where)
+    raise NoisecraftError(
+        f"cannot read {text!r} as a shapes prompt: write 'a SIZE COLOUR SHAPE POSITION' or 'a COLOUR SHAPE "
+        f"RELATION a COLOUR SHAPE', with SIZE in {', '.join(SIZES)}; COLOUR in {', '.join(COLOURS)}; SHAPE in "
+        f"{', '.join(SHAPES)}; POSITION in {', '.join(POSITIONS)}; RELATION in {', '.join(RELATIONS)}")
 
 
-# -- drawing ---------------------------------------------------------------------------------------------
-def _mask(shape: str, cx: float, cy: float, half: float, size: int) -> np.ndarray:
-    y, x = np.mgrid[0:size, 0:size] + 0.5                    # pixel centres
+# -- scenes and drawing ------------------------------------------------------------------------------------------
+def _pick(rng: np.random.Generator, options) -> str:
+    return list(options)[rng.integers(len(options))]
+
+
+def random_scene(rng: np.random.Generator, heldout: bool | None = False) -> Scene:
+    """A random scene (one or two objects, equally often); heldout=False avoids every HELDOUT pair, True uses
+    at least one, None allows any."""
+    while True:
+        if rng.integers(2) == 0:
+            scene = Scene((Obj(_pick(rng, COLOURS), _pick(rng, SHAPES), _pick(rng, SIZES)),), _pick(rng, POSITIONS))
+        else:
+            scene = Scene(tuple(Obj(_pick(rng, COLOURS), _pick(rng, SHAPES)) for _ in range(2)), _pick(rng, RELATIONS))
+        if heldout is None or uses_heldout(scene) == heldout:
+            return scene
+
+
+def uses_heldout(scene: Scene) -> bool:
+    """Whether a scene shows a HELDOUT colour/shape pair."""
+    return any((o.colour, o.shape) in HELDOUT for o in scene.objects)
+
+
+def _mask(shape: str, cx: float, cy: float, half: float, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Which of the points (x, y) lie inside the shape."""
     if shape == "circle":
         return (x - cx) ** 2 + (y - cy) ** 2 <= half ** 2
     if shape == "square":
         return (abs(x - cx) <= half) & (abs(y - cy) <= half)
-    top = cy - half                                          # triangle, apex up: half-width grows to `half`
+    top = cy - half                                     # upright triangle: its half-width grows from 0 to `half`
     return (y >= top) & (y <= cy + half) & (abs(x - cx) <= (y - top) / 2)
 
 
-def render(scene: Scene, size: int = SIZE, rng: np.random.Generator | None = None) -> np.ndarray:
-    """(3, size, size) float32 in [-1, 1]. Each object sits in its own half of the image (so two never
-    overlap), with random jitter along both axes."""
-    rng = rng if rng is not None else np.random.default_rng(0)
+@functools.lru_cache(maxsize=8)
+def _sampling(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sample points for drawing at `size`, at least 64 a side: their x and y in [0, 1] (fine, fine), and the
+    (size, fine) matrix that averages them into pixels."""
+    fine = size * -(-64 // size)
+    y, x = (np.mgrid[0:fine, 0:fine] + 0.5) / fine
+    pool = np.kron(np.eye(size, dtype=np.float32), np.full(fine // size, size / fine, dtype=np.float32))
+    return x, y, pool
+
+
+def render(scene: Scene, size: int = IMAGE_SIZE, rng: int | np.random.Generator = 0) -> np.ndarray:
+    """(3, size, size) float32 in [-1, 1]. A single object sits in the named half of the image, two objects in
+    opposite halves (so they never touch), each at a random distance from the middle line and with a small
+    random shift across; rng is a seed or a generator (pass one generator to get varied placements).
+    A pixel shows how much of it an object covers (sampled on a grid of at least 64 points a side), so
+    small images keep their shapes."""
+    rng = np.random.default_rng(rng)
+    x, y, pool = _sampling(size)
     img = np.zeros((size, size, 3), dtype=np.float32)
-    if len(scene.objects) == 1:
-        axis, sign = POSITIONS[scene.where]
-        places = [(axis, sign)]
-    else:
-        axis, sign = RELATIONS[scene.where]
-        places = [(axis, sign), (axis, -sign)]
-    for obj, (axis, sign) in zip(scene.objects, places):
-        s = obj.size or rng.choice(list(SIZES))
-        half = SIZES[s] * size / 2
-        along = size * (0.5 + sign * rng.uniform(0.22, 0.3))  # centre in the named half, >= 1 pixel from the middle
-        across = size * rng.uniform(0.3, 0.7)
+    axis, sign = (POSITIONS if len(scene.objects) == 1 else RELATIONS)[scene.where]
+    for obj, toward in zip(scene.objects, (sign, -sign)):
+        half = SIZES[obj.size or _pick(rng, SIZES)] / 2
+        along = 0.5 + toward * rng.uniform(half + GAP, 0.5 - half)
+        across = 0.5 + rng.uniform(-ACROSS, ACROSS)
         cx, cy = (along, across) if axis == 0 else (across, along)
-        img[_mask(obj.shape, cx, cy, half, size)] = COLOURS[obj.colour]
-    return np.ascontiguousarray(img.transpose(2, 0, 1)) * 2 - 1
+        cover = pool @ _mask(obj.shape, cx, cy, half, x, y).astype(np.float32) @ pool.T     # (size, size)
+        img += cover[:, :, None] * np.array(COLOURS[obj.colour], dtype=np.float32)
+    return np.ascontiguousarray(img.transpose(2, 0, 1)) * 2 - 1                          # (3, size, size)
 
 
-def random_scene(rng: np.random.Generator, heldout: bool | None = False) -> Scene:
-    """A scene; heldout=False avoids every HELDOUT pair, True includes at least one, None allows any."""
-    while True:
-        objs = [Obj(str(rng.choice(list(COLOURS))), str(rng.choice(SHAPES))) for _ in range(rng.integers(1, 3))]
-        if len(objs) == 1:
-            scene = Scene((Obj(objs[0].colour, objs[0].shape, str(rng.choice(list(SIZES)))),),
-                          str(rng.choice(list(POSITIONS))))
-        else:
-            scene = Scene(tuple(objs), str(rng.choice(list(RELATIONS))))
-        used = any((o.colour, o.shape) in HELDOUT for o in scene.objects)
-        if heldout is None or used == heldout:
-            return scene
-
-
-def make_split(n: int, seed: int, heldout: bool, size: int = SIZE) -> tuple[torch.Tensor, list[str]]:
+def make_split(n: int, seed: int, heldout: bool, size: int = IMAGE_SIZE) -> tuple[torch.Tensor, list[str]]:
+    """n scenes drawn with `seed`, rendered: ((n, 3, size, size) float32 in [-1, 1], their captions)."""
     rng = np.random.default_rng(seed)
     scenes = [random_scene(rng, heldout) for _ in range(n)]
     images = np.stack([render(s, size, rng) for s in scenes])
@@ -126,74 +192,130 @@ def make_split(n: int, seed: int, heldout: bool, size: int = SIZE) -> tuple[torc
 
 
 def heldout_prompts(n: int, seed: int = 0) -> list[str]:
-    """n captions that use at least one held-out colour/shape pair."""
+    """n captions that each use at least one HELDOUT colour/shape pair (repeats possible)."""
     rng = np.random.default_rng(seed)
-    return [caption(random_scene(rng, True)) for _ in range(n)]
+    return [caption(random_scene(rng, heldout=True)) for _ in range(n)]
 
 
-# -- reading an image back --------------------------------------------------------------------------------
+# -- reading an image back -----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Found:
+    """An object seen in an image; x, y: its bounding-box centre as fractions of the width and height."""
+
     colour: str
-    shape: str
+    shape: str                                          # a SHAPES name, or "blob" when it is none of them
     size: str
-    cx: float                                                 # centroid / image side, in [0, 1]
-    cy: float
+    x: float
+    y: float
+
+    def describe(self) -> str:
+        return f"a {self.size} {self.colour} {self.shape} at ({self.x:.2f}, {self.y:.2f})"
 
 
-def find_objects(image, min_area: float = 0.012) -> list[Found]:
-    """The objects in an image (3, H, W) in [-1, 1]: palette colour, shape, size and centroid of every
-    component larger than min_area of the image."""
+def _measure(weights: np.ndarray) -> tuple[str, float, float, float]:
+    """(shape, side, x, y) of one object from its pixel weights (H, W): the side of its bounding box and its
+    centre, in pixels. Cumulants of a sum add, so a blur (a sum with a small symmetric spread) adds to the
+    variance but barely moves the third and fourth cumulants that tell the shapes apart."""
+    ys, xs = np.mgrid[0:weights.shape[0], 0:weights.shape[1]] + 0.5
+    mass = weights.sum()
+    mean = lambda v: float((weights * v).sum() / mass)
+    x0, y0 = mean(xs), mean(ys)
+    dx, dy = xs - x0, ys - y0
+    var_x, var_y = mean(dx ** 2), mean(dy ** 2)
+    cumulant4 = lambda u: mean(u ** 4) - 3 * mean(u ** 2) ** 2
+    if not 4 / 9 * var_y <= var_x <= 9 / 4 * var_y:
+        shape = "blob"                                  # every shape here is about as wide as it is tall
+    elif mean(dy ** 3) < TRIANGLE_SKEW * var_y ** 1.5:
+        shape = "triangle"
+    elif cumulant4(dx) + cumulant4(dy) < 1.5 * (cumulant4((dx + dy) / 2 ** 0.5) + cumulant4((dx - dy) / 2 ** 0.5)):
+        shape = "square"                                # (both sides negative: flatter than a normal distribution)
+    else:
+        shape = "circle"
+    side = float(np.sqrt(mass / FILL.get(shape, 1.0)))
+    return shape, side, x0, y0 - side / 6 * (shape == "triangle")   # a triangle's centroid is side/6 below centre
+
+
+def find_objects(image) -> list[Found]:
+    """Every object in an image (3, H, W) in [-1, 1] (numpy or torch), specks left out; see the module text."""
     from scipy import ndimage
 
     x = torch.as_tensor(image).detach().float().cpu().numpy()
-    h, w = x.shape[1:]
-    rgb = (x.transpose(1, 2, 0) + 1) / 2                      # (H, W, 3) in [0, 1]
-    palette = np.array([(0.0, 0.0, 0.0), *COLOURS.values()])   # background first
-    nearest = np.linalg.norm(rgb[:, :, None] - palette[None, None], axis=-1).argmin(-1)
+    if x.ndim != 3 or x.shape[0] != 3 or min(x.shape[1:]) < MIN_IMAGE_SIZE:
+        raise NoisecraftError(f"the shapes checker reads one RGB image (3, H, W) with H, W >= {MIN_IMAGE_SIZE}, "
+                              f"got shape {tuple(x.shape)}")
+    rgb = np.clip((x + 1) / 2, 0, 1)                    # (3, H, W) in [0, 1]
+    bright = rgb.max(0)                                 # (H, W)
+    hue = rgb / np.maximum(bright, 1e-6)                # (3, H, W), brightest channel scaled to 1
+    palette = np.array(list(SEEN_COLOURS.values()), dtype=np.float32)         # (K, 3)
+    nearest = ((hue[None] - palette[:, :, None, None]) ** 2).sum(1).argmin(0)  # (H, W)
+    h, w = bright.shape
+    grow = np.ones((3, 3), dtype=bool)
     found = []
-    for k, name in enumerate(COLOURS, start=1):
-        labels, count = ndimage.label(nearest == k)
+    for k, colour in enumerate(SEEN_COLOURS):
+        ours = nearest == k
+        labels, count = ndimage.label((bright > FOREGROUND) & ours, structure=grow)
         for i in range(1, count + 1):
-            ys, xs = np.nonzero(labels == i)
-            if len(ys) < min_area * h * w:
-                continue                                       # a speck, not an object
-            bw, bh = xs.max() - xs.min() + 1, ys.max() - ys.min() + 1
-            side, fill = max(bw, bh), len(ys) / (bw * bh)
-            # An upright triangle's mass sits 2/3 of the way down its box; a circle's and a square's halfway.
-            drop = (ys.mean() - ys.min() + 0.5) / bh
-            shape = "triangle" if drop > 0.58 else "square" if fill > 0.9 else "circle"
-            size = "large" if side / w > (SIZES["small"] + SIZES["large"]) / 2 else "small"
-            found.append(Found(name, shape, size, (xs.mean() + 0.5) / w, (ys.mean() + 0.5) / h))
+            pixels = ndimage.binary_dilation(labels == i, grow) & ours & (bright > FLOOR)
+            weights = np.where(pixels, np.clip((bright - FLOOR) / (1 - FLOOR), 0, 1), 0.0)
+            if weights.sum() < MIN_AREA * h * w:
+                continue                                # a speck
+            shape, side, cx, cy = _measure(weights)
+            size = "large" if side / np.sqrt(h * w) > (SIZES["small"] + SIZES["large"]) / 2 else "small"
+            found.append(Found(colour, shape, size, cx / w, cy / h))
     return found
 
 
+def _heading(dx: float, dy: float) -> tuple[int, int]:
+    """The direction (axis, sign) a displacement mostly goes in."""
+    return (0, int(np.sign(dx))) if abs(dx) > abs(dy) else (1, int(np.sign(dy)))
+
+
+def _name(direction: tuple[int, int], names: dict[str, tuple[int, int]]) -> str:
+    return next(name for name, d in names.items() if d == direction)
+
+
+def _differences(f: Found, o: Obj) -> list[str]:
+    """How a found object differs from a named one in colour, shape and (when named) size."""
+    return [f"{attr} is {getattr(f, attr)}, not {getattr(o, attr)}" for attr in ("colour", "shape", "size")
+            if getattr(o, attr) is not None and getattr(f, attr) != getattr(o, attr)]
+
+
+def _check_single(f: Found, o: Obj, where: str) -> str:
+    problems = _differences(f, o)
+    dx, dy = f.x - 0.5, f.y - 0.5
+    if max(abs(dx), abs(dy)) < MIN_OFFSET:
+        problems.append(f"it is in the middle, not {where}")
+    elif (actual := _name(_heading(dx, dy), POSITIONS)) != where:
+        problems.append(f"it is {actual}, not {where}")
+    return "; ".join(problems)
+
+
+def _check_pair(found: list[Found], a: Obj, b: Obj, where: str) -> str:
+    orders = [(p, q) for p, q in (found, found[::-1]) if not _differences(p, a) and not _differences(q, b)]
+    if not orders:
+        return f"the objects are not a {a.colour} {a.shape} and a {b.colour} {b.shape}"
+    actual = [_name(_heading(p.x - q.x, p.y - q.y), RELATIONS) for p, q in orders]
+    if where in actual:
+        return ""
+    return f"the {a.colour} {a.shape} is {actual[0]} the {b.colour} {b.shape}, not {where} it"
+
+
 def check_report(image, prompt: str) -> dict:
-    """Whether an image shows what its prompt says, and why not: {"ok", "reason", "found"}."""
+    """Whether an image (3, H, W) in [-1, 1] shows what `prompt` says, and why not:
+    {"ok": bool, "reason": "" or what is wrong, "found": [the objects seen, as dicts]}."""
     scene = parse_prompt(prompt)
     found = find_objects(image)
-    out = {"ok": False, "found": [f"{f.size} {f.colour} {f.shape} at ({f.cx:.2f}, {f.cy:.2f})" for f in found]}
     if len(found) != len(scene.objects):
-        return out | {"reason": f"{len(found)} objects, the prompt names {len(scene.objects)}"}
-    matches = lambda f, o: f.colour == o.colour and f.shape == o.shape and (o.size is None or f.size == o.size)
-    if len(found) == 1:
-        f, axis_sign = found[0], POSITIONS[scene.where]
-        if not matches(f, scene.objects[0]):
-            return out | {"reason": "the object's colour, shape or size differs"}
-        pos = (f.cx, f.cy)[axis_sign[0]]
-        if not (pos < 0.42 if axis_sign[1] < 0 else pos > 0.58):
-            return out | {"reason": f"the object is not {scene.where}"}
-        return out | {"ok": True, "reason": ""}
-    a, b = scene.objects
-    pairs = [(p, q) for p, q in (found, found[::-1]) if matches(p, a) and matches(q, b)]
-    if not pairs:
-        return out | {"reason": "the two objects' colours or shapes differ from the prompt"}
-    axis, sign = RELATIONS[scene.where]
-    for p, q in pairs:
-        if sign * ((p.cx, p.cy)[axis] - (q.cx, q.cy)[axis]) > 0.15:
-            return out | {"ok": True, "reason": ""}
-    return out | {"reason": f"the first object is not {scene.where} the second"}
+        reason = f"{len(found)} objects where the prompt names {len(scene.objects)}"
+    elif len(found) == 1:
+        reason = _check_single(found[0], scene.objects[0], scene.where)
+    else:
+        reason = _check_pair(found, *scene.objects, scene.where)
+    if reason:
+        reason += f" (seen: {'; '.join(f.describe() for f in found) or 'nothing'})"
+    return {"ok": not reason, "reason": reason, "found": [asdict(f) for f in found]}
 
 
 def check(image, prompt: str) -> bool:
+    """Whether an image (3, H, W) in [-1, 1] shows exactly what `prompt` says (see check_report for why not)."""
     return check_report(image, prompt)["ok"]
