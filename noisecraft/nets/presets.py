@@ -48,6 +48,10 @@ PRESETS: dict[str, UNetConfig] = {
     # 28x28 grey (MNIST, Fashion-MNIST): tiny's widths at the native size (28 -> 14 -> 7).
     "mnist": UNetConfig(image_size=28, in_channels=1, base_channels=32, channel_mult=(1, 2, 2),
                         num_res_blocks=1, attn_resolutions=(7,)),
+    # 32x32 RGB text-to-image (shapes): attention, and so cross-attention to the prompt, at 16x16 and 8x8,
+    # where objects and their places are resolved.
+    "shapes": UNetConfig(image_size=32, in_channels=3, base_channels=32, channel_mult=(1, 2, 2),
+                         num_res_blocks=1, attn_resolutions=(16, 8)),
     # 32x32 RGB (CIFAR-sized).
     "small": UNetConfig(image_size=32, in_channels=3, base_channels=64, channel_mult=(1, 2, 2),
                         num_res_blocks=2, attn_resolutions=(16, 8), head_dim=64),
