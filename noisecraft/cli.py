@@ -63,7 +63,8 @@ def train(
 @app.command()
 def sample(
     out: Path = typer.Option(..., help="Folder for 0000.png, 0001.png, ... and grid.png."),
-    model: str = typer.Option("digits", help="A shipped model name (see `noisecraft models`) or a model directory."),
+    model: str = typer.Option("digits", help="A shipped model name (see `noisecraft models`), a model directory, "
+                                             "or a local diffusers folder (DDPMPipeline save or UNet2DModel)."),
     n: int = typer.Option(16, help="Number of images."),
     sampler: str = typer.Option("auto", help="Sampler name (see noisecraft.SAMPLERS), or auto: the best measured "
                                              "for --steps model calls."),
@@ -272,6 +273,22 @@ def models():
 
     for name, description in list_models():
         typer.echo(f"{name:16s} {description}")
+
+
+@app.command()
+def export(
+    out: Path = typer.Option(..., help="Folder to create (it must not exist, or be empty)."),
+    model: str = typer.Option(..., help="A shipped model name or a model directory."),
+    format_: str = typer.Option("diffusers", "--format", help="diffusers: a DDPMPipeline folder (model_index.json, "
+                                                             "unet/, scheduler/)."),
+):
+    """Write a model in another library's format: diffusers.DDPMPipeline.from_pretrained(OUT) loads it."""
+    from noisecraft.interop import export_diffusers
+
+    if format_ != "diffusers":
+        raise NoisecraftError(f"unknown --format {format_!r}: use diffusers")
+    path = export_diffusers(model, out)
+    typer.echo(f"diffusers pipeline written to {path}: load it with diffusers.DDPMPipeline.from_pretrained({str(path)!r})")
 
 
 def _warn(message, category, filename, lineno, file=None, line=None) -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -119,6 +120,10 @@ def resolve_model_dir(name_or_dir: str | Path) -> Path:
     shipped = models_root() / str(name_or_dir)
     if "/" not in str(name_or_dir) and (shipped / CONFIG_FILE).is_file():
         return shipped
+    if re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", str(name_or_dir)):
+        raise NoisecraftError(f"unknown model {str(name_or_dir)!r}: no such folder, and a Hugging Face Hub name is not "
+                              f"downloaded: fetch it first (huggingface-cli download {name_or_dir} --local-dir DIR) "
+                              "and load DIR")
     names = ", ".join(n for n, _ in list_models()) or "none"
     raise NoisecraftError(f"unknown model {str(name_or_dir)!r}: use a shipped name ({names}) or a model directory")
 
@@ -155,9 +160,20 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
         raise NoisecraftError(f"{path} is not a readable safetensors file ({e}): re-train or re-copy the model") from None
 
 
-def load_model(name_or_dir: str | Path, device: str | torch.device = "cpu") -> DiffusionModel:
-    """A shipped model by name (see `list_models()`) or a model directory, in eval mode."""
+def load_model(name_or_dir: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+    """A shipped model by name (see `list_models()`), a model directory (a DiffusionModel), or a local
+    diffusers folder (a DiffusersUNet, noisecraft/interop.py), in eval mode."""
+    from noisecraft.interop import diffusers_kind, load_diffusers
+
     model_dir = resolve_model_dir(name_or_dir)
+    if diffusers_kind(model_dir):
+        return load_diffusers(model_dir).to(device)
+    if not (model_dir / CONFIG_FILE).is_file():
+        entries = sorted(p.name + "/" * p.is_dir() for p in model_dir.iterdir())
+        found = ", ".join(entries[:8]) + (f" and {len(entries) - 8} more" if len(entries) > 8 else "") or "nothing"
+        raise NoisecraftError(f"{model_dir} is not a model directory: {CONFIG_FILE} is missing, and it is no diffusers "
+                              f"folder either (model_index.json with unet/ and scheduler/, or a UNet2DModel config.json); "
+                              f"found {found}")
     config = read_config(model_dir)
     if config.family != "diffusion":
         raise NoisecraftError(f"{model_dir} holds a {config.family!r} model; this noisecraft loads diffusion models")

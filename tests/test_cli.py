@@ -190,3 +190,45 @@ def test_console_script_and_module_entry_point(tmp_path):
     for cmd in ([sys.executable, "-m", "noisecraft", "sample", "--model", "nope", "--out", str(tmp_path)],):
         r = subprocess.run(cmd, capture_output=True, text=True)
         assert r.returncode == 2 and r.stderr.startswith("error: unknown model") and "Traceback" not in r.stderr
+
+
+def test_sample_runs_a_diffusers_pipeline_folder(tmp_path, capsys):
+    from tests.test_interop import small_pipeline
+
+    folder = small_pipeline(tmp_path / "pipe")
+    code, out, err = run(["sample", "--model", folder, "--n", 2, "--sampler", "ddim", "--steps", 3,
+                          "--out", tmp_path / "o", "--quiet"], capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["0000.png", "0001.png", "grid.png"]
+    assert Image.open(tmp_path / "o" / "0000.png").size == (8, 8)
+    assert Image.open(tmp_path / "o" / "0001.png").text["model"] == str(folder)
+
+
+def test_export_writes_a_diffusers_folder_once_and_sample_reads_it(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "exported"
+    code, stdout, err = run(["export", "--model", tiny_model_dir, "--format", "diffusers", "--out", out], capsys)
+    assert code == 0 and "DDPMPipeline.from_pretrained" in stdout, err
+    assert sorted(p.name for p in out.iterdir()) == ["model_index.json", "scheduler", "unet"]
+    code, _, err = run(["sample", "--model", out, "--n", 1, "--steps", 2, "--out", tmp_path / "o", "--quiet"], capsys)
+    assert code == 0, err
+    code, _, err = run(["export", "--model", tiny_model_dir, "--out", out], capsys)
+    assert_user_error(code, err, "not an empty folder")
+
+
+@pytest.mark.parametrize("argv, match", [(["--format", "onnx"], "unknown --format 'onnx'"),
+                                         (["--model", "google/ddpm-cifar10-32"], "Hugging Face Hub")])
+def test_export_bad_input_is_one_line_exit_2(argv, match, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(["export", "--model", "digits", *argv, "--out", tmp_path / "o"], capsys)
+    assert_user_error(code, err, match)
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_broken_diffusers_folder_is_one_line_exit_2(tmp_path, capsys):
+    from tests.test_interop import small_pipeline
+
+    folder = small_pipeline(tmp_path / "pipe")
+    (folder / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"\0" * 64)
+    code, _, err = run(["sample", "--model", folder, "--out", tmp_path / "o"], capsys)
+    assert_user_error(code, err, "diffusers could not load")
+    assert not (tmp_path / "o").exists()
