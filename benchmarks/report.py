@@ -52,6 +52,7 @@ def main() -> None:
                          "that training image.", ""]
     sections += sampler_sections()
     sections += digits_10nfe_section()
+    sections += conditional_sections()
     DOCS.write_text("\n".join(sections))
     print(f"wrote {DOCS}")
     readme_summary()
@@ -127,6 +128,52 @@ def digits_10nfe_section() -> list[str]:
         path = ROOT / "results" / f"digits_quality-{tag}.json"
         if path.exists():
             out += [f"## {title}", "", quality_table(json.loads(path.read_text())), ""]
+    return out
+
+
+def conditional_sections() -> list[str]:
+    """Class adherence (benchmarks/class_adherence.py) and shapes prompt adherence (benchmarks/shapes_adherence.py)."""
+    out = []
+    for path in sorted((ROOT / "results").glob("class_adherence-*.json")):
+        r = json.loads(path.read_text())
+        tag = path.stem.removeprefix("class_adherence-")
+        clf, scales = r["classifier"], list(r["guidance"])
+        names = list(r["guidance"][scales[0]]["per_class"])
+        out += [f"## Class adherence of `{r['model']}` ({r['data']})", "",
+                f"Command: `python benchmarks/class_adherence.py --model {r['model']} --data {r['data']} --guidance "
+                f"{','.join(scales)}`. Judge: a CNN trained on the real train split, test accuracy "
+                f"**{clf['test_accuracy']:.1%}**. {r['per_class']} samples per class with the default sampler; "
+                "adherence = share the judge labels as the requested class; Frechet = distance between the judge's "
+                "features of the samples and of the real test images of that class.", "",
+                "| class | " + " | ".join(f"guidance {g}: adherence / Frechet" for g in scales) + " |",
+                "|---|" + "---|" * len(scales)]
+        for name in names:
+            out.append(f"| {name} | " + " | ".join(
+                f"{r['guidance'][g]['per_class'][name]['adherence']:.1%} / {r['guidance'][g]['per_class'][name]['frechet']:.2f}"
+                for g in scales) + " |")
+        out.append("| **all** | " + " | ".join(f"**{r['guidance'][g]['adherence']:.1%}**" for g in scales) + " |")
+        out += ["", " ".join(f"![guidance {g}](../benchmarks/results/{tag}-guidance{float(g):g}-grid.png)"
+                             for g in scales), "", "Each grid: 8 samples per class, one class per row.", ""]
+    for path in sorted((ROOT / "results").glob("shapes_adherence-*.json")):
+        r = json.loads(path.read_text())
+        tag = path.stem.removeprefix("shapes_adherence-")
+        scales = sorted(r["guidance"], key=float)
+        out += [f"## Prompt adherence of `{r['model']}` (shapes)", "",
+                f"Command: `python benchmarks/shapes_adherence.py --model {r['model']} --n {r['n']}`. "
+                f"{r['n']} held-out prompts (each names a colour/shape pair never seen in training) and {r['n']} "
+                "seen ones, one image each per guidance scale, judged by the exact checker "
+                f"(`noisecraft.data.shapes.check`). The model's default guidance is {r['default_guidance']:g}.", "",
+                "| guidance | held-out: all / single / pair | seen: all / single / pair | commonest held-out failures |",
+                "|---|---|---|---|"]
+        for g in scales:
+            h, s_ = r["guidance"][g]["heldout"], r["guidance"][g]["seen"]
+            fails = ", ".join(f"{k} ({v})" for k, v in list(h["failures"].items())[:3])
+            out.append(f"| {g} | **{h['adherence']:.1%}** / {h['single']:.1%} / {h['pair']:.1%} "
+                       f"| {s_['adherence']:.1%} / {s_['single']:.1%} / {s_['pair']:.1%} | {fails} |")
+        best = max(scales, key=lambda g: r["guidance"][g]["heldout"]["adherence"])
+        out += ["", f"![adherence against guidance](../benchmarks/results/shapes_adherence-{tag}.png) "
+                f"![held-out prompts at guidance {best}](../benchmarks/results/{tag}-guidance{best}-grid.png)", "",
+                f"Right: the first 64 held-out prompts at guidance {best} (prompts in the PNG's text).", ""]
     return out
 
 
