@@ -291,6 +291,210 @@ def export(
     typer.echo(f"diffusers pipeline written to {path}: load it with diffusers.DDPMPipeline.from_pretrained({str(path)!r})")
 
 
+IMAGE = typer.Option(..., help="An image file, or a folder of images (processed in sorted order, outputs numbered so).")
+TASK_OUT = typer.Option(..., help="Folder for 0000.png, 0001.png, ... and grid.png.")
+TASK_MODEL = typer.Option("digits", help="A shipped model name or a model directory.")
+TASK_SEED = typer.Option(0, help="Image i uses seed SEED+i.")
+TASK_CLASS = typer.Option(None, "--class", help="Class index or name (class-conditional models).")
+TASK_PROMPT = typer.Option(None, help="Text prompt; for a class-conditional model, one naming a class.")
+TASK_NEGATIVE = typer.Option(None, help="Negative prompt: guidance steers away from it.")
+TASK_GUIDANCE = typer.Option(None, help="Classifier-free guidance scale (1 = off; default: the model's).")
+TASK_BATCH = typer.Option(16, help="Images per batch.")
+
+
+def _read_inputs(image: Path) -> tuple[list[Path], list]:
+    """The input files (one, or a folder's in sorted order) and their decoded images."""
+    from noisecraft.tasks.images import list_inputs, read_image
+
+    files = list_inputs(image)
+    return files, [read_image(f) for f in files]
+
+
+def _to_model(files: list[Path], pils: list, channels: int, size: int):
+    """(N, channels, size, size) in [-1, 1], warning about each image that had to be resized."""
+    import torch
+
+    from noisecraft.tasks.images import to_model_image
+
+    return torch.stack([to_model_image(p, channels, size, f.name) for f, p in zip(files, pils)])
+
+
+def _run_task(run, net, images, out: Path, *, model: str, seed: int, batch_size: int, class_, prompt, negative_prompt,
+              guidance, calls_per_batch: int, quiet: bool, device, files, meta: dict) -> None:
+    """Run `run(start, batch, generators, cond, negative, guidance, callback)` over batches of `images` (start: the
+    index of the batch's first image), then write
+    the PNGs (with metadata, seed SEED+i) and the grid; nothing is written until every batch is done."""
+    import torch
+    from tqdm import tqdm
+
+    from noisecraft.guidance import condition
+    from noisecraft.io import save_png
+    from noisecraft.version import __version__
+    from noisecraft.viz import make_grid, to_pil
+
+    _check_seed(seed)
+    if batch_size < 1:
+        raise NoisecraftError("--batch-size must be at least 1")
+    n = len(images)
+    c = condition(net, n, class_, prompt, negative_prompt)
+    guidance = (net.config.guidance if guidance is None else guidance) if c.label is not None else 1.0
+    meta = {"model": model, **meta, "guidance": guidance, "class": c.label, "prompt": prompt,
+            "negative_prompt": negative_prompt, "noisecraft": __version__}
+    meta = {k: v for k, v in meta.items() if v is not None}
+    bar = tqdm(total=-(-n // batch_size) * calls_per_batch, disable=quiet, unit="step", dynamic_ncols=True)
+    results = []
+    for start in range(0, n, batch_size):
+        b = min(batch_size, n - start)
+        gens = [torch.Generator().manual_seed(seed + start + i) for i in range(b)]
+        cond = {k: v[start:start + b].to(device) for k, v in c.cond.items()}
+        negative = None if c.negative is None else {k: v[start:start + b].to(device) for k, v in c.negative.items()}
+        results.append(run(start, images[start:start + b].to(device), gens, cond, negative, guidance,
+                           lambda *_: bar.update(1)).cpu())
+    bar.close()
+    x = torch.cat(results)
+    out.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        save_png(out / f"{i:04d}.png", to_pil(x[i]), meta | {"seed": seed + i, "input": files[i].name})
+    save_png(out / "grid.png", make_grid(x), meta | {"seed": f"{seed}..{seed + n - 1}"})
+    typer.echo(f"{n} images written to {out}")
+
+
+@app.command()
+def upscale(
+    image: Path = IMAGE,
+    out: Path = TASK_OUT,
+    model: str = TASK_MODEL,
+    factor: Optional[int] = typer.Option(None, help="Upscaling factor (default: the model's size / the input's)."),
+    method: str = typer.Option("project", help="Data consistency: project (x0 onto box-downsample = input; any "
+                                                "sampler) | ilvr (low frequencies of x_t; ddpm)."),
+    sampler: str = typer.Option("ddpm", help="Sampler name (see noisecraft.SAMPLERS)."),
+    steps: int = typer.Option(100, help="Solver steps."),
+    seed: int = TASK_SEED,
+    class_: Optional[str] = TASK_CLASS,
+    prompt: Optional[str] = TASK_PROMPT,
+    negative_prompt: Optional[str] = TASK_NEGATIVE,
+    guidance: Optional[float] = TASK_GUIDANCE,
+    batch_size: int = TASK_BATCH,
+    device: str = DEVICE,
+    quiet: bool = QUIET,
+):
+    """Super-resolution with any model: upsample low-resolution images to the model's size (zero-shot)."""
+    from noisecraft.device import resolve_device
+    from noisecraft.models import load_model
+    from noisecraft.samplers import plan
+    from noisecraft.tasks.superres import METHODS, upscale as run_upscale
+
+    if method not in METHODS:
+        raise NoisecraftError(f"unknown --method {method!r}: use one of {', '.join(METHODS)}")
+    dev = resolve_device(device)
+    net = load_model(model, device=dev)
+    size, channels = net.config.unet.image_size, net.config.unet.in_channels
+    files, pils = _read_inputs(image)
+    if factor is None:
+        side = min(pils[0].size)
+        if size % side or size // side < 2:
+            raise NoisecraftError(f"cannot infer --factor from a {side}-pixel input for a {size}x{size} model: pass --factor")
+        factor = size // side
+    if factor < 2 or size % factor:
+        raise NoisecraftError(f"--factor must be >= 2 and divide the model's size {size}, got {factor}")
+    low = _to_model(files, pils, channels, size // factor)
+    p = plan(net, net.schedule, sampler, steps)
+    run = lambda start, x, gens, cond, negative, g, callback: run_upscale(
+        net, x, factor, method=method, sampler=sampler, steps=steps, generator=gens, cond=cond, guidance_scale=g,
+        negative_cond=negative, callback=callback)
+    _run_task(run, net, low, out, model=model, seed=seed, batch_size=batch_size, class_=class_, prompt=prompt,
+              negative_prompt=negative_prompt, guidance=guidance, calls_per_batch=p.steps, quiet=quiet, device=dev,
+              files=files, meta={"task": "upscale", "factor": factor, "method": method, "sampler": p.sampler,
+                                 "steps": p.steps})
+
+
+@app.command()
+def edit(
+    image: Path = IMAGE,
+    out: Path = TASK_OUT,
+    model: str = TASK_MODEL,
+    strength: float = typer.Option(0.5, help="How far to noise the input, 0..1: 0 returns it, 1 ignores it."),
+    sampler: str = typer.Option("ddpm", help="Sampler name (see noisecraft.SAMPLERS)."),
+    steps: int = typer.Option(100, help="Solver steps for a whole run from pure noise; an edit runs about STRENGTH x STEPS."),
+    eta: Optional[float] = typer.Option(None, help="Noise of DDIM/ancestral steps; default: the sampler's."),
+    seed: int = TASK_SEED,
+    class_: Optional[str] = TASK_CLASS,
+    prompt: Optional[str] = TASK_PROMPT,
+    negative_prompt: Optional[str] = TASK_NEGATIVE,
+    guidance: Optional[float] = TASK_GUIDANCE,
+    batch_size: int = TASK_BATCH,
+    device: str = DEVICE,
+    quiet: bool = QUIET,
+):
+    """Edit images with SDEdit: noise them to --strength, then denoise (optionally towards a class or prompt)."""
+    from noisecraft.device import resolve_device
+    from noisecraft.models import load_model
+    from noisecraft.tasks.edit import check_strength, edit as run_edit, edit_plan
+
+    check_strength(strength)
+    dev = resolve_device(device)
+    net = load_model(model, device=dev)
+    p, grid = edit_plan(net, net.schedule, strength, sampler, steps, None, eta)
+    files, pils = _read_inputs(image)
+    images = _to_model(files, pils, net.config.unet.in_channels, net.config.unet.image_size)
+    run = lambda start, x, gens, cond, negative, g, callback: run_edit(
+        net, x, strength, sampler=sampler, steps=steps, eta=eta, generator=gens, cond=cond, guidance_scale=g,
+        negative_cond=negative, callback=callback)
+    _run_task(run, net, images, out, model=model, seed=seed, batch_size=batch_size, class_=class_, prompt=prompt,
+              negative_prompt=negative_prompt, guidance=guidance, calls_per_batch=p.fn.nfe(len(grid)) if len(grid) else 0,
+              quiet=quiet, device=dev, files=files,
+              meta={"task": "edit", "strength": strength, "sampler": p.sampler, "steps": p.steps, "eta": p.eta,
+                    "start_t": f"{float(grid[0]):g}" if len(grid) else None})
+
+
+@app.command()
+def inpaint(
+    image: Path = IMAGE,
+    out: Path = TASK_OUT,
+    model: str = TASK_MODEL,
+    mask: Optional[Path] = typer.Option(None, help="Mask image of the input's size: white = fill, black = keep."),
+    box: Optional[str] = typer.Option(None, help="Region to fill instead of --mask: x0,y0,x1,y1 in input pixels "
+                                                 "(x1, y1 exclusive)."),
+    steps: int = typer.Option(250, help="Reverse steps (respaced from the schedule's T)."),
+    jump: int = typer.Option(10, help="RePaint jump length: steps between resamplings."),
+    resample: int = typer.Option(10, help="RePaint resamplings of each jump (1 = plain replacement)."),
+    seed: int = TASK_SEED,
+    class_: Optional[str] = TASK_CLASS,
+    prompt: Optional[str] = TASK_PROMPT,
+    negative_prompt: Optional[str] = TASK_NEGATIVE,
+    guidance: Optional[float] = TASK_GUIDANCE,
+    batch_size: int = TASK_BATCH,
+    device: str = DEVICE,
+    quiet: bool = QUIET,
+):
+    """Inpaint with RePaint: fill the white region of --mask (or --box) and keep every other pixel."""
+    import torch
+
+    from noisecraft.device import resolve_device
+    from noisecraft.models import load_model
+    from noisecraft.tasks.images import box_mask, read_mask, to_model_mask
+    from noisecraft.tasks.inpaint import inpaint as run_inpaint, model_calls
+
+    if (mask is None) == (box is None):
+        raise NoisecraftError("give the region to fill as --mask M.png or as --box x0,y0,x1,y1 (one of them)")
+    calls = model_calls(steps, jump, resample)
+    dev = resolve_device(device)
+    net = load_model(model, device=dev)
+    size = net.config.unet.image_size
+    files, pils = _read_inputs(image)
+    given = read_mask(mask) if mask is not None else None
+    masks = torch.stack([to_model_mask(given if given is not None else box_mask(box, *p.size), *p.size, size)
+                         for p in pils])                                                     # (N, 1, H, W)
+    images = _to_model(files, pils, net.config.unet.in_channels, size)
+    run = lambda start, x, gens, cond, negative, g, callback: run_inpaint(
+        net, x, masks[start:start + len(x)].to(x.device), steps=steps, jump=jump, resample=resample, generator=gens, cond=cond,
+        guidance_scale=g, negative_cond=negative, callback=callback)
+    _run_task(run, net, images, out, model=model, seed=seed, batch_size=batch_size, class_=class_, prompt=prompt,
+              negative_prompt=negative_prompt, guidance=guidance, calls_per_batch=calls, quiet=quiet, device=dev,
+              files=files, meta={"task": "inpaint", "mask": str(mask) if mask is not None else None, "box": box,
+                                 "sampler": "repaint", "steps": steps, "jump": jump, "resample": resample})
+
+
 def _warn(message, category, filename, lineno, file=None, line=None) -> None:
     print(f"warning: {message}", file=sys.stderr)
 

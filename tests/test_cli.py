@@ -232,3 +232,77 @@ def test_a_broken_diffusers_folder_is_one_line_exit_2(tmp_path, capsys):
     code, _, err = run(["sample", "--model", folder, "--out", tmp_path / "o"], capsys)
     assert_user_error(code, err, "diffusers could not load")
     assert not (tmp_path / "o").exists()
+
+
+def _digit_png(path, size=16, mode="L"):
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 255, (size, size, 4 if mode == "RGBA" else 3), dtype=np.uint8)
+    Image.fromarray(arr if mode != "L" else arr[..., 0], mode).save(path)
+    return path
+
+
+def test_upscale_edit_inpaint_write_pngs_with_metadata(tiny_model_dir, tmp_path, capsys):
+    _digit_png(tmp_path / "low.png", 8)
+    code, _, err = run(["upscale", "--model", tiny_model_dir, "--image", tmp_path / "low.png", "--steps", 3,
+                        "--out", tmp_path / "up", "--quiet"], capsys)
+    assert code == 0, err
+    up = Image.open(tmp_path / "up" / "0000.png")
+    assert up.size == (16, 16) and up.text["factor"] == "2" and up.text["method"] == "project"
+    low = np.asarray(Image.open(tmp_path / "low.png"), dtype=np.float64)
+    assert np.abs(np.asarray(up, dtype=np.float64).reshape(8, 2, 8, 2).mean((1, 3)) - low).max() < 1.5   # consistent
+
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    _digit_png(imgs / "b.png", 16, "RGBA")
+    _digit_png(imgs / "a.png", 16, "RGB")
+    code, _, err = run(["edit", "--model", tiny_model_dir, "--image", imgs, "--strength", 0.3, "--steps", 10,
+                        "--seed", 5, "--out", tmp_path / "ed", "--quiet"], capsys)
+    assert code == 0, err
+    meta = Image.open(tmp_path / "ed" / "0001.png").text
+    assert meta["input"] == "b.png" and meta["seed"] == "6" and meta["strength"] == "0.3" and meta["start_t"] == "299"
+    assert sorted(p.name for p in (tmp_path / "ed").iterdir()) == ["0000.png", "0001.png", "grid.png"]
+
+    code, _, err = run(["inpaint", "--model", tiny_model_dir, "--image", tmp_path / "low.png", "--box", "4,0,8,8",
+                        "--steps", 10, "--jump", 3, "--resample", 2, "--out", tmp_path / "in", "--quiet"], capsys)
+    assert code == 0 and "resized" in err                                           # 8x8 -> the model's 16x16
+    out = np.asarray(Image.open(tmp_path / "in" / "0000.png"), dtype=int)
+    big = np.asarray(Image.open(tmp_path / "low.png").resize((16, 16), Image.BILINEAR), dtype=int)
+    assert np.abs(out[:, :8] - big[:, :8]).max() <= 1                                # known pixels kept
+
+
+def test_edit_at_strength_zero_returns_the_input_pixels(tiny_model_dir, tmp_path, capsys):
+    src = _digit_png(tmp_path / "x.png")
+    code, _, err = run(["edit", "--model", tiny_model_dir, "--image", src, "--strength", 0, "--out", tmp_path / "o",
+                        "--quiet"], capsys)
+    assert code == 0, err
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "o" / "0000.png")), np.asarray(Image.open(src)))
+
+
+@pytest.mark.parametrize("args, match", [
+    (["edit", "--strength", 1.5], "strength must be a number in [0, 1]"),
+    (["inpaint", "--box", "0,0,17,4"], "does not fit a 16x16 image"),
+    (["inpaint", "--box", "0,0"], "four whole numbers"),
+    (["inpaint"], "give the region to fill"),
+    (["inpaint", "--mask", "SMALLMASK"], "the mask is 8x8 but the image is 16x16"),
+    (["inpaint", "--mask", "BLACKMASK"], "selects no pixels"),
+    (["upscale", "--factor", 3], "--factor must be >= 2 and divide"),
+    (["upscale", "--method", "magic"], "unknown --method"),
+])
+def test_task_user_errors_are_one_line(tiny_model_dir, tmp_path, capsys, args, match):
+    src = _digit_png(tmp_path / "x.png")
+    Image.new("L", (8, 8), 255).save(tmp_path / "small.png")
+    Image.new("L", (16, 16), 0).save(tmp_path / "black.png")
+    args = [{"SMALLMASK": tmp_path / "small.png", "BLACKMASK": tmp_path / "black.png"}.get(a, a) for a in args]
+    code, _, err = run([*args, "--model", tiny_model_dir, "--image", src, "--out", tmp_path / "o"], capsys)
+    assert_user_error(code, err, match)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("command", ["upscale", "edit", "inpaint"])
+def test_task_with_a_missing_or_unreadable_image_is_one_line(tiny_model_dir, tmp_path, capsys, command):
+    (tmp_path / "bad.png").write_bytes(b"junk")
+    for image, match in ((tmp_path / "nope.png", "does not exist"), (tmp_path / "bad.png", "not a readable image")):
+        code, _, err = run([command, "--model", tiny_model_dir, "--image", image, "--box", "0,0,2,2", "--out", tmp_path / "o"]
+                           if command == "inpaint" else
+                           [command, "--model", tiny_model_dir, "--image", image, "--out", tmp_path / "o"], capsys)
+        assert_user_error(code, err, match)

@@ -1,0 +1,147 @@
+"""Image-to-image tasks on held-out digits, judged against the ground truth and by a classifier
+trained on the real digits (the acceptance numbers of issue 6 that need no extra model).
+
+    python benchmarks/tasks.py sr --n 100 [--factors 2,4] [--configs project:ddim:50,project:ddpm:100,ilvr:ddpm:100]
+    python benchmarks/tasks.py inpaint --n 100 [--steps 250 --jump 10 --resample 10]
+    python benchmarks/tasks.py edit --n 100 [--strengths 0,0.2,0.4,0.6,0.8,1]
+
+sr: PSNR of box-downsampled output vs the low-res input (consistency) and PSNR / SSIM vs the 16x16
+ground truth, beside bicubic upsampling, and the classifier's accuracy on each.
+inpaint: the right half of each digit masked; the classifier's accuracy on RePaint fills beside a
+random fill (uniform noise) and the unmasked pixels' largest change (must be <= 1/255).
+edit: distance to the input and classifier confidence in the input's class against strength.
+Results go to benchmarks/results/tasks-{sr,inpaint,edit}.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from noisecraft import edit, inpaint, load_model, upscale
+from noisecraft.data import load_dataset
+from noisecraft.eval.classifier import predict_proba, train_classifier
+from noisecraft.io import atomic_write_json
+from noisecraft.tasks.common import box_down
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Mean over images of the PSNR for data in [-1, 1] (peak-to-peak 2), after 8-bit quantization of a."""
+    a = ((a.clamp(-1, 1) + 1) * 127.5).round() / 127.5 - 1
+    mse = (a - b).pow(2).flatten(1).mean(1).clamp(min=1e-12)
+    return float((10 * torch.log10(4 / mse)).mean())
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 7) -> float:
+    """Mean SSIM (Wang et al. 2004) with a uniform window, data range 2."""
+    c1, c2 = (0.01 * 2) ** 2, (0.03 * 2) ** 2
+    mean = lambda x: F.avg_pool2d(x, window, 1)
+    mu_a, mu_b = mean(a), mean(b)
+    var_a, var_b, cov = mean(a * a) - mu_a ** 2, mean(b * b) - mu_b ** 2, mean(a * b) - mu_a * mu_b
+    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
+    return float(s.mean())
+
+
+def accuracy(clf, x: torch.Tensor, labels: torch.Tensor) -> float:
+    return float((predict_proba(clf, x.clamp(-1, 1)).argmax(1) == labels).float().mean())
+
+
+def batched(fn, x: torch.Tensor, batch_size: int, **kw) -> torch.Tensor:
+    """fn over batches with image i's generator seeded i, so results do not depend on the batch size."""
+    out = []
+    for s in range(0, len(x), batch_size):
+        gens = [torch.Generator().manual_seed(s + i) for i in range(min(batch_size, len(x) - s))]
+        out.append(fn(x[s:s + batch_size], generator=gens, **kw))
+    return torch.cat(out)
+
+
+def run_sr(model, test, clf, args) -> dict:
+    gt, labels, size = test.images[:args.n], test.labels[:args.n], model.config.unet.image_size
+    rows = []
+    for f in (int(v) for v in args.factors.split(",")):
+        y = box_down(gt, f)
+        bicubic = F.interpolate(y, size=(size, size), mode="bicubic", align_corners=False).clamp(-1, 1)
+        candidates = [("bicubic", None, 0, bicubic, 0.0)]
+        for spec in args.configs.split(","):
+            method, sampler, steps = spec.split(":")
+            t0 = time.time()
+            x = batched(lambda b, **kw: upscale(model, b, f, method=method, sampler=sampler, steps=int(steps), **kw),
+                        y, args.batch_size)
+            candidates.append((method, sampler, int(steps), x, time.time() - t0))
+        for method, sampler, steps, x, seconds in candidates:
+            row = {"factor": f, "method": method, "sampler": sampler, "steps": steps,
+                   "consistency_psnr": psnr(box_down(x.clamp(-1, 1), f), y) if method != "bicubic"
+                   else psnr(box_down(x, f), y),
+                   "psnr": psnr(x, gt), "ssim": ssim(x.clamp(-1, 1), gt), "accuracy": accuracy(clf, x, labels),
+                   "seconds": round(seconds, 1)}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return {"ground_truth_accuracy": accuracy(clf, gt, labels), "rows": rows}
+
+
+def run_inpaint(model, test, clf, args) -> dict:
+    gt, labels = test.images[:args.n], test.labels[:args.n]
+    mask = torch.zeros(1, 1, *gt.shape[-2:])
+    mask[..., gt.shape[-1] // 2:] = 1                                     # the right half
+    t0 = time.time()
+    x = batched(lambda b, **kw: inpaint(model, b, mask, steps=args.steps, jump=args.jump, resample=args.resample, **kw),
+                gt, args.batch_size)
+    seconds = time.time() - t0
+    noise = torch.rand(gt.shape, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    random_fill = mask * noise + (1 - mask) * gt
+    to8 = lambda v: ((v.clamp(-1, 1) + 1) * 127.5).round()
+    return {"steps": args.steps, "jump": args.jump, "resample": args.resample, "seconds": round(seconds, 1),
+            "accuracy": accuracy(clf, x, labels), "random_fill_accuracy": accuracy(clf, random_fill, labels),
+            "ground_truth_accuracy": accuracy(clf, gt, labels),
+            "max_known_change_255": float(((to8(x) - to8(gt)) * (1 - mask)).abs().max())}
+
+
+def run_edit(model, test, clf, args) -> dict:
+    gt, labels = test.images[:args.n], test.labels[:args.n]
+    rows = []
+    for s in (float(v) for v in args.strengths.split(",")):
+        x = batched(lambda b, **kw: edit(model, b, s, sampler="ddpm", steps=args.steps, **kw), gt, args.batch_size)
+        probs = predict_proba(clf, x.clamp(-1, 1))
+        rows.append({"strength": s, "rms_to_input": float((x - gt).pow(2).flatten(1).mean(1).sqrt().mean()),
+                     "confidence_in_input_class": float(probs[torch.arange(len(x)), labels].mean()),
+                     "accuracy": float((probs.argmax(1) == labels).float().mean())})
+        print(json.dumps(rows[-1]), flush=True)
+    return {"sampler": "ddpm", "steps": args.steps, "rows": rows}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("task", choices=["sr", "inpaint", "edit"])
+    ap.add_argument("--model", default="digits")
+    ap.add_argument("--n", type=int, default=100)
+    ap.add_argument("--batch-size", type=int, default=100)
+    ap.add_argument("--factors", default="2,4")
+    ap.add_argument("--configs", default="project:ddim:50,project:ddpm:100,ilvr:ddpm:100")
+    ap.add_argument("--steps", type=int, default=250)
+    ap.add_argument("--jump", type=int, default=10)
+    ap.add_argument("--resample", type=int, default=10)
+    ap.add_argument("--strengths", default="0,0.2,0.4,0.6,0.8,1")
+    args = ap.parse_args()
+
+    model = load_model(args.model)
+    c, size = model.config.unet.in_channels, model.config.unet.image_size
+    train = load_dataset("digits", image_size=size, channels=c, split="train")
+    test = load_dataset("digits", image_size=size, channels=c, split="test")
+    clf = train_classifier(train.images, train.labels, 10, epochs=30, seed=0)
+    result = {"task": args.task, "model": args.model, "n": args.n, "torch": torch.__version__,
+              "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine()}
+    result |= {"sr": run_sr, "inpaint": run_inpaint, "edit": run_edit}[args.task](model, test, clf, args)
+    path = atomic_write_json(RESULTS / f"tasks-{args.task}.json", result)
+    print(json.dumps({k: v for k, v in result.items() if k != "rows"}))
+    print(f"written to {path}")
+
+
+if __name__ == "__main__":
+    main()
