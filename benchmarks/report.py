@@ -74,7 +74,7 @@ def sampler_sections() -> list[str]:
            f"{report['n']} samples per configuration from the same noise; {report['schedule']}; torch {report['torch']}, "
            f"diffusers {report['diffusers']}, {report['threads']} threads, {report['seconds']} s in all. Excess FD = "
            "Frechet distance to the true distribution minus that of the exact ODE solution from the same noise "
-           "(the finite-sample floor); excess mode error = the same for the total variation of component shares. "
+           "(the finite-sample floor; a negative excess is within the sampling noise of that floor); excess mode error = the same for the total variation of component shares. "
            "`tuned` grids, and the `learned` sampler's coefficients with its grid, were fitted on separate calibration "
            "noise (`noisecraft.samplers.tuning`).", ""]
     import matplotlib
@@ -92,9 +92,9 @@ def sampler_sections() -> list[str]:
             nc = best_row(ds["rows"], budget, "noisecraft")
             fixed = best_row(ds["rows"], budget, "noisecraft", fixed_grids_only=True)
             df = best_row(ds["rows"], budget, "diffusers")
-            ratio = df["excess_fd"] / nc["excess_fd"] if nc["excess_fd"] > 0 else float("nan")
+            ratio = f"{df['excess_fd'] / nc['excess_fd']:.1f}" if nc["excess_fd"] > 0 else "noisecraft at the floor"
             out.append(f"| {budget} | {nc['config']} | {nc['excess_fd']:.4f} | {fixed['config']} | {fixed['excess_fd']:.4f} "
-                       f"| {df['config']} | {df['excess_fd']:.4f} | {ratio:.1f} |")
+                       f"| {df['config']} | {df['excess_fd']:.4f} | {ratio} |")
             for key, r in zip(curves, (nc, fixed, df)):
                 curves[key].append(max(r["excess_fd"], 1e-4))
         if {5, 8} <= set(report["budgets"]):
@@ -131,6 +131,18 @@ def digits_10nfe_section() -> list[str]:
     return out
 
 
+def shipped_note(model: str) -> str:
+    """" Shipped as models/NAME with default guidance G." when a shipped model has the same weights."""
+    run, shipped = Path(model), ROOT.parent / "models" / Path(model).name
+    if run.resolve() == shipped.resolve() or not (shipped / "model.safetensors").is_file() \
+            or not (ROOT.parent / run / "model.safetensors").is_file():
+        return ""
+    if (ROOT.parent / run / "model.safetensors").read_bytes() != (shipped / "model.safetensors").read_bytes():
+        return ""
+    guidance = json.loads((shipped / "config.json").read_text()).get("guidance")
+    return f" Same weights as the shipped `models/{shipped.name}`, whose default guidance ({guidance:g}) was set from this table."
+
+
 def conditional_sections() -> list[str]:
     """Class adherence (benchmarks/class_adherence.py) and shapes prompt adherence (benchmarks/shapes_adherence.py)."""
     out = []
@@ -144,7 +156,7 @@ def conditional_sections() -> list[str]:
                 f"{','.join(scales)}`. Judge: a CNN trained on the real train split, test accuracy "
                 f"**{clf['test_accuracy']:.1%}**. {r['per_class']} samples per class with the default sampler; "
                 "adherence = share the judge labels as the requested class; Frechet = distance between the judge's "
-                "features of the samples and of the real test images of that class.", "",
+                "features of the samples and of the real test images of that class." + shipped_note(r["model"]), "",
                 "| class | " + " | ".join(f"guidance {g}: adherence / Frechet" for g in scales) + " |",
                 "|---|" + "---|" * len(scales)]
         for name in names:
@@ -162,7 +174,7 @@ def conditional_sections() -> list[str]:
                 f"Command: `python benchmarks/shapes_adherence.py --model {r['model']} --n {r['n']}`. "
                 f"{r['n']} held-out prompts (each names a colour/shape pair never seen in training) and {r['n']} "
                 "seen ones, one image each per guidance scale, judged by the exact checker "
-                f"(`noisecraft.data.shapes.check`). The model's default guidance is {r['default_guidance']:g}.", "",
+                f"(`noisecraft.data.shapes.check`).{shipped_note(r['model'])}", "",
                 "| guidance | held-out: all / single / pair | seen: all / single / pair | commonest held-out failures |",
                 "|---|---|---|---|"]
         for g in scales:
