@@ -116,6 +116,26 @@ def run_edit(model, test, clf, args) -> dict:
     return {"sampler": "ddpm", "steps": args.steps, "rows": rows}
 
 
+def plot_edit(result: dict, path: Path) -> None:
+    """Distance to the input and the classifier's confidence in the input's class against SDEdit strength."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    strengths = [r["strength"] for r in result["rows"]]
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    ax.plot(strengths, [r["rms_to_input"] for r in result["rows"]], "o-", color="C0")
+    ax.set(xlabel="strength", ylabel="RMS distance to the input", title=f"SDEdit on {result['n']} held-out digits")
+    right = ax.twinx()
+    right.plot(strengths, [r["confidence_in_input_class"] for r in result["rows"]], "s--", color="C1")
+    right.set_ylabel("classifier confidence in the input's digit", color="C1")
+    right.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("task", choices=["sr", "inpaint", "edit"])
@@ -139,6 +159,8 @@ def main() -> None:
               "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine()}
     result |= {"sr": run_sr, "inpaint": run_inpaint, "edit": run_edit}[args.task](model, test, clf, args)
     path = atomic_write_json(RESULTS / f"tasks-{args.task}.json", result)
+    if args.task == "edit":
+        plot_edit(result, RESULTS / "tasks-edit.png")
     print(json.dumps({k: v for k, v in result.items() if k != "rows"}))
     print(f"written to {path}")
 
