@@ -109,6 +109,25 @@ def _eta(fn: Callable, eta: float | None) -> float:
     return eta
 
 
+def model_defaults(model, schedule: NoiseSchedule | None, prediction: str | None) -> tuple[NoiseSchedule, str]:
+    """The schedule and prediction type, defaulting to the model's own (`model.schedule`, `model.prediction`)."""
+    schedule = schedule if schedule is not None else getattr(model, "schedule", None)
+    if schedule is None:
+        raise NoisecraftError("no noise schedule: pass schedule=NoiseSchedule.linear() or a model that carries one")
+    return schedule, check_prediction(prediction or getattr(model, "prediction", "epsilon"))
+
+
+def guided_denoiser(model, schedule: NoiseSchedule, prediction: str, cond: dict | None, guidance_scale: float = 1.0,
+                    negative_cond: dict | None = None, clip_denoised: bool = True,
+                    dynamic_threshold: float | None = None):
+    """The sampler protocol's denoise(x_t, t) for `model`, with classifier-free guidance when guidance_scale != 1."""
+    cond = dict(cond or {})
+    if guidance_scale != 1.0:
+        from noisecraft.guidance import guided
+        model, cond = guided(model, cond, guidance_scale, negative_cond), {}
+    return make_denoiser(model, schedule, prediction, cond, clip_denoised, dynamic_threshold)
+
+
 def sample(
     model,
     shape: Sequence[int],
@@ -137,11 +156,8 @@ def sample(
     branch. `clip_denoised` clips each x_0 estimate to [-1, 1]; `dynamic_threshold=p` instead clips
     it at the p-quantile of its absolute values and rescales (Imagen, Saharia et al. 2022).
     """
-    schedule = schedule if schedule is not None else getattr(model, "schedule", None)
-    if schedule is None:
-        raise NoisecraftError("no noise schedule: pass schedule=NoiseSchedule.linear() or a model that carries one")
+    schedule, prediction = model_defaults(model, schedule, prediction)
     p = plan(model, schedule, sampler, steps, spacing, eta)
-    prediction = check_prediction(prediction or getattr(model, "prediction", "epsilon"))
     shape = tuple(int(s) for s in shape)
     if len(shape) != 4 or min(shape) < 1:
         raise NoisecraftError(f"shape must be (batch, channels, height, width) with positive sizes, got {shape}")
@@ -153,14 +169,11 @@ def sample(
     x = (noise() if x_T is None else x_T.to(device)).double()
     if tuple(x.shape) != shape:
         raise NoisecraftError(f"x_T has shape {tuple(x.shape)} but shape is {shape}")
-    cond = dict(cond or {})
-    if guidance_scale != 1.0:
-        from noisecraft.guidance import guided
-        model = guided(model, cond, guidance_scale, negative_cond)
-        cond = {}
-    denoise = make_denoiser(model, schedule, prediction, cond, clip_denoised, dynamic_threshold)
+    denoise = guided_denoiser(model, schedule, prediction, cond, guidance_scale, negative_cond, clip_denoised,
+                              dynamic_threshold)
     with torch.inference_mode():
         return p.fn(denoise, x, p.grid, schedule, noise=noise, eta=p.eta, callback=callback, **p.options).float()
 
 
-__all__ = ["SAMPLERS", "SPACINGS", "Plan", "plan", "sample", "get_sampler", "make_timesteps"]
+__all__ = ["SAMPLERS", "SPACINGS", "Plan", "plan", "sample", "get_sampler", "make_timesteps", "model_defaults",
+           "guided_denoiser"]

@@ -1,5 +1,5 @@
-"""What the image-to-image tasks share: the model's schedule and parameterization, a denoiser with
-guidance, box resampling, and the ancestral loop that writes a known part of the image back into x_t.
+"""What the image-to-image tasks share: box resampling, and the ancestral loop that writes a known part
+of the image back into x_t.
 
 The tasks build on the sampler protocol of noisecraft.samplers.common: `denoise(x_t, t) -> (x0_hat, eps_hat)`."""
 from __future__ import annotations
@@ -9,33 +9,15 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from noisecraft.diffusion import NoiseSchedule, check_prediction, posterior_between
+from noisecraft.diffusion import NoiseSchedule, posterior_between
 from noisecraft.errors import NoisecraftError
-from noisecraft.samplers.common import alpha_bar_grid, make_denoiser
-
-
-def resolve(model, schedule: NoiseSchedule | None, prediction: str | None) -> tuple[NoiseSchedule, str]:
-    """The schedule and prediction type, defaulting to the model's own (as sample() does)."""
-    schedule = schedule if schedule is not None else getattr(model, "schedule", None)
-    if schedule is None:
-        raise NoisecraftError("no noise schedule: pass schedule=NoiseSchedule.linear() or a model that carries one")
-    return schedule, check_prediction(prediction or getattr(model, "prediction", "epsilon"))
+from noisecraft.samplers.common import alpha_bar_grid
 
 
 def check_images(images: torch.Tensor, what: str = "images") -> torch.Tensor:
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or min(images.shape) < 1:
         raise NoisecraftError(f"{what} must be a (batch, channels, height, width) tensor in [-1, 1]")
     return images
-
-
-def task_denoiser(model, schedule: NoiseSchedule, prediction: str, cond: dict | None, guidance_scale: float,
-                  negative_cond: dict | None, clip_denoised: bool):
-    """The denoiser sample() would build: classifier-free guidance when guidance_scale != 1."""
-    cond = dict(cond or {})
-    if guidance_scale != 1.0:
-        from noisecraft.guidance import guided
-        model, cond = guided(model, cond, guidance_scale, negative_cond), {}
-    return make_denoiser(model, schedule, prediction, cond, clip_denoised)
 
 
 def box_down(x: torch.Tensor, factor: int) -> torch.Tensor:

@@ -15,9 +15,9 @@ import torch
 
 from noisecraft.diffusion import NoiseSchedule, q_sample
 from noisecraft.errors import NoisecraftError
-from noisecraft.samplers import Plan, plan, sample
+from noisecraft.samplers import Plan, model_defaults, plan, sample
 from noisecraft.samplers.common import make_noise
-from noisecraft.tasks.common import check_images, resolve
+from noisecraft.tasks.common import check_images
 
 
 def check_strength(strength: float) -> float:
@@ -64,7 +64,7 @@ def edit(
     """SDEdit `images` (B, C, H, W) in [-1, 1] at `strength`; the other arguments are sample()'s.
     Returns (B, C, H, W) float32. Strength 0 returns the input unchanged."""
     images = check_images(images)
-    schedule, prediction = resolve(model, schedule, prediction)
+    schedule, prediction = model_defaults(model, schedule, prediction)
     p, grid = edit_plan(model, schedule, strength, sampler, steps, spacing, eta)
     if len(grid) == 0:
         return images.float().clone()

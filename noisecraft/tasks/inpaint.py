@@ -18,9 +18,9 @@ import torch
 
 from noisecraft.diffusion import NoiseSchedule
 from noisecraft.errors import NoisecraftError
-from noisecraft.samplers import make_timesteps
+from noisecraft.samplers import guided_denoiser, make_timesteps, model_defaults
 from noisecraft.samplers.common import make_noise
-from noisecraft.tasks.common import ancestral_with_known, check_images, resolve, task_denoiser
+from noisecraft.tasks.common import ancestral_with_known, check_images
 
 DEFAULT_STEPS, DEFAULT_JUMP, DEFAULT_RESAMPLE = 250, 10, 10
 
@@ -84,10 +84,10 @@ def inpaint(
     many calls that is. cond / guidance_scale / negative_cond condition a class or text model, as in sample()."""
     images = check_images(images)
     mask = check_mask(mask, images).to(images.device)
-    schedule, prediction = resolve(model, schedule, prediction)
+    schedule, prediction = model_defaults(model, schedule, prediction)
     path = jump_path(steps, jump, resample)
     grid = make_timesteps(spacing, steps, schedule)
-    denoise = task_denoiser(model, schedule, prediction, cond, guidance_scale, negative_cond, clip_denoised)
+    denoise = guided_denoiser(model, schedule, prediction, cond, guidance_scale, negative_cond, clip_denoised)
     noise = make_noise(images.shape, generator, images.device)
     known, keep = images.double(), 1 - mask
     with torch.inference_mode():

@@ -27,9 +27,9 @@ import torch.nn.functional as F
 
 from noisecraft.diffusion import NoiseSchedule, eps_from_x0
 from noisecraft.errors import NoisecraftError
-from noisecraft.samplers import plan
+from noisecraft.samplers import guided_denoiser, model_defaults, plan
 from noisecraft.samplers.common import make_noise
-from noisecraft.tasks.common import ancestral_with_known, box_down, box_up, check_images, resolve, task_denoiser
+from noisecraft.tasks.common import ancestral_with_known, box_down, box_up, check_images
 
 
 def project_box(x0: torch.Tensor, y: torch.Tensor, factor: int, clip: bool, iterations: int = 40) -> torch.Tensor:
@@ -51,7 +51,7 @@ def project_box(x0: torch.Tensor, y: torch.Tensor, factor: int, clip: bool, iter
 def _project(model, y, factor, schedule, prediction, *, sampler, steps, spacing, eta, noise, cond,
              guidance_scale, negative_cond, callback, clip_denoised):
     p = plan(model, schedule, sampler, steps, spacing, eta)
-    inner = task_denoiser(model, schedule, prediction, cond, guidance_scale, negative_cond, clip_denoised=False)
+    inner = guided_denoiser(model, schedule, prediction, cond, guidance_scale, negative_cond, clip_denoised=False)
 
     def denoise(x: torch.Tensor, t: float) -> tuple[torch.Tensor, torch.Tensor]:
         x0, _ = inner(x, t)
@@ -66,7 +66,7 @@ def _ilvr(model, y, factor, schedule, prediction, *, sampler, steps, spacing, et
     if sampler != "ddpm":
         raise NoisecraftError(f"ILVR runs DDPM's ancestral steps: use the ddpm sampler, not {sampler!r}")
     p = plan(model, schedule, sampler, steps, spacing)
-    denoise = task_denoiser(model, schedule, prediction, cond, guidance_scale, negative_cond, clip_denoised)
+    denoise = guided_denoiser(model, schedule, prediction, cond, guidance_scale, negative_cond, clip_denoised)
     low_pass = lambda d: box_up(box_down(d, factor), factor)
     return ancestral_with_known(denoise, noise().double(), p.grid, schedule, box_up(y, factor), low_pass, noise,
                                 callback=callback)
@@ -99,7 +99,7 @@ def upscale(
     low_res = check_images(low_res, "low_res")
     if method not in METHODS:
         raise NoisecraftError(f"unknown super-resolution method {method!r}: use one of {', '.join(METHODS)}")
-    schedule, prediction = resolve(model, schedule, prediction)
+    schedule, prediction = model_defaults(model, schedule, prediction)
     config = getattr(model, "config", None)
     size = config.unet.image_size if config is not None else None
     b, c, h, w = low_res.shape
