@@ -26,6 +26,15 @@ from noisecraft.viz import make_grid
 ROOT = Path(__file__).resolve().parent
 
 
+def digits_judge(model):
+    """The real digits at the model's size (train and test splits) and the CNN trained on the train split that
+    judges samples in every digits benchmark."""
+    c, size = model.config.unet.in_channels, model.config.unet.image_size
+    train = load_dataset("digits", image_size=size, channels=c, split="train")
+    test = load_dataset("digits", image_size=size, channels=c, split="test")
+    return train, test, train_classifier(train.images, train.labels, 10, epochs=30, seed=0)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="digits")
@@ -38,10 +47,8 @@ def main() -> None:
 
     model = load_model(args.model)
     c, size = model.config.unet.in_channels, model.config.unet.image_size
-    train = load_dataset("digits", image_size=size, channels=c, split="train")
-    test = load_dataset("digits", image_size=size, channels=c, split="test")
     t0 = time.time()
-    clf = train_classifier(train.images, train.labels, 10, epochs=30, seed=0)
+    train, test, clf = digits_judge(model)
     test_probs = predict_proba(clf, test.images)
     report = {
         "model": args.model, "n": args.n, "torch": torch.__version__, "threads": torch.get_num_threads(),

@@ -23,10 +23,9 @@ from pathlib import Path
 import torch
 from diffusers import DDIMPipeline
 
-from digits_quality import _summary
+from digits_quality import _summary, digits_judge
 from noisecraft import load_model, sample
-from noisecraft.data import load_dataset
-from noisecraft.eval.classifier import predict_proba, train_classifier
+from noisecraft.eval.classifier import predict_proba
 from noisecraft.eval.metrics import class_histogram, confident_fraction, nearest_distances, tv_to_uniform
 from noisecraft.interop import export_diffusers
 from noisecraft.io import atomic_write_json, save_png
@@ -45,9 +44,7 @@ def main() -> int:
 
     model = load_model(args.model)
     c, size = model.config.unet.in_channels, model.config.unet.image_size
-    train = load_dataset("digits", image_size=size, channels=c, split="train")
-    test = load_dataset("digits", image_size=size, channels=c, split="test")
-    clf = train_classifier(train.images, train.labels, 10, epochs=30, seed=0)
+    train, test, clf = digits_judge(model)
     test_probs = predict_proba(clf, test.images)
     accuracy = float((test_probs.argmax(1) == test.labels).float().mean())
     report = {"model": args.model, "n": args.n, "steps": args.steps, "torch": torch.__version__,

@@ -24,10 +24,11 @@ import torch
 import torch.nn.functional as F
 
 from noisecraft import edit, inpaint, load_model, upscale
-from noisecraft.data import load_dataset
-from noisecraft.eval.classifier import predict_proba, train_classifier
+from noisecraft.eval.classifier import predict_proba
 from noisecraft.io import atomic_write_json
 from noisecraft.tasks.common import box_down
+
+from digits_quality import digits_judge
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -151,10 +152,7 @@ def main() -> None:
     args = ap.parse_args()
 
     model = load_model(args.model)
-    c, size = model.config.unet.in_channels, model.config.unet.image_size
-    train = load_dataset("digits", image_size=size, channels=c, split="train")
-    test = load_dataset("digits", image_size=size, channels=c, split="test")
-    clf = train_classifier(train.images, train.labels, 10, epochs=30, seed=0)
+    train, test, clf = digits_judge(model)
     result = {"task": args.task, "model": args.model, "n": args.n, "torch": torch.__version__,
               "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine()}
     result |= {"sr": run_sr, "inpaint": run_inpaint, "edit": run_edit}[args.task](model, test, clf, args)
