@@ -86,17 +86,12 @@ def sample(
     quiet: bool = QUIET,
 ):
     """Generate images from pure noise."""
-    import torch
-    from tqdm import tqdm
-
     from noisecraft.device import resolve_device
-    from noisecraft.io import save_gif, save_png
-    from noisecraft.guidance import condition
+    from noisecraft.io import save_gif
     from noisecraft.models import load_model
     from noisecraft.samplers import plan, sample as run_sampler
     from noisecraft.samplers.common import check_threshold
-    from noisecraft.version import __version__
-    from noisecraft.viz import make_grid, reverse_frame, to_pil
+    from noisecraft.viz import reverse_frame
 
     _check_seed(seed)
     if n < 1 or batch_size < 1:
@@ -112,40 +107,25 @@ def sample(
     check_threshold(dynamic_threshold)
     sampler, steps, eta = p.sampler, p.steps, p.eta
     spacing_label = ",".join(f"{t:g}" for t in p.grid.tolist()) if p.spacing == "custom" else p.spacing
-    c = condition(net, n, class_, prompt, negative_prompt)
-    guidance = (net.config.guidance if guidance is None else guidance) if c.label is not None else 1.0
-    meta = {"model": model, "sampler": sampler, "steps": steps, "spacing": spacing_label, "eta": eta,
-            "guidance": guidance, "class": c.label, "prompt": prompt, "negative_prompt": negative_prompt,
-            "noisecraft": __version__}
-    meta = {k: v for k, v in meta.items() if v is not None}
-    bar = tqdm(total=-(-n // batch_size) * steps, disable=quiet, unit="step", dynamic_ncols=True)
     frames, record_every = [], max(1, steps // 100)
-    images = []
-    for start in range(0, n, batch_size):
-        b = min(batch_size, n - start)
-        gens = [torch.Generator().manual_seed(seed + start + i) for i in range(b)]
-        cond = {k: v[start:start + b].to(dev) for k, v in c.cond.items()}
-        negative = None if c.negative is None else {k: v[start:start + b].to(dev) for k, v in c.negative.items()}
 
-        def callback(i, x_t, x0, first=start == 0):
-            bar.update(1)
-            if gif is not None and first and (i % record_every == 0 or i == steps - 1):
+    def run(start, _, gens, cond, negative, g, tick):
+        def callback(i, x_t, x0):
+            tick()
+            if gif is not None and start == 0 and (i % record_every == 0 or i == steps - 1):
                 frames.append(reverse_frame(x_t[:16], x0[:16], f"step {i + 1}/{steps}", nrow=4))
 
-        images.append(run_sampler(net, (b, *net.config.image_shape), sampler=sampler, steps=steps,
-                                  spacing=p.grid if p.spacing == "custom" else p.spacing,
-                                  eta=eta, generator=gens, cond=cond, guidance_scale=guidance, negative_cond=negative, callback=callback,
-                                  clip_denoised=clip, dynamic_threshold=dynamic_threshold).cpu())
-    bar.close()
-    x = torch.cat(images)
-    out.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        save_png(out / f"{i:04d}.png", to_pil(x[i]), meta | {"seed": seed + i})
-    save_png(out / "grid.png", make_grid(x), meta | {"seed": f"{seed}..{seed + n - 1}"})
+        return run_sampler(net, (len(gens), *net.config.image_shape), sampler=sampler, steps=steps,
+                           spacing=p.grid if p.spacing == "custom" else p.spacing, eta=eta, generator=gens, cond=cond,
+                           guidance_scale=g, negative_cond=negative, callback=callback, clip_denoised=clip,
+                           dynamic_threshold=dynamic_threshold)
+
+    _run_task(run, net, None, out, n=n, model=model, seed=seed, batch_size=batch_size, class_=class_, prompt=prompt,
+              negative_prompt=negative_prompt, guidance=guidance, calls_per_batch=steps, quiet=quiet, device=dev,
+              meta={"sampler": sampler, "steps": steps, "spacing": spacing_label, "eta": eta})
     if gif is not None:
         save_gif(gif, frames)
         typer.echo(f"reverse process written to {gif}")
-    typer.echo(f"{n} images written to {out}")
 
 
 @app.command()
@@ -320,10 +300,11 @@ def _to_model(files: list[Path], pils: list, channels: int, size: int):
 
 
 def _run_task(run, net, images, out: Path, *, model: str, seed: int, batch_size: int, class_, prompt, negative_prompt,
-              guidance, calls_per_batch: int, quiet: bool, device, files, meta: dict) -> None:
+              guidance, calls_per_batch: int, quiet: bool, device, files=None, meta: dict, n: int | None = None) -> None:
     """Run `run(start, batch, generators, cond, negative, guidance, callback)` over batches of `images` (start: the
-    index of the batch's first image), then write
-    the PNGs (with metadata, seed SEED+i) and the grid; nothing is written until every batch is done."""
+    index of the batch's first image; batch None when there are no input images, only `n` to make), then write
+    the PNGs (with metadata, seed SEED+i, and the input file's name when there is one) and the grid; nothing is
+    written until every batch is done."""
     import torch
     from tqdm import tqdm
 
@@ -335,7 +316,7 @@ def _run_task(run, net, images, out: Path, *, model: str, seed: int, batch_size:
     _check_seed(seed)
     if batch_size < 1:
         raise NoisecraftError("--batch-size must be at least 1")
-    n = len(images)
+    n = len(images) if images is not None else n
     c = condition(net, n, class_, prompt, negative_prompt)
     guidance = (net.config.guidance if guidance is None else guidance) if c.label is not None else 1.0
     meta = {"model": model, **meta, "guidance": guidance, "class": c.label, "prompt": prompt,
@@ -348,13 +329,13 @@ def _run_task(run, net, images, out: Path, *, model: str, seed: int, batch_size:
         gens = [torch.Generator().manual_seed(seed + start + i) for i in range(b)]
         cond = {k: v[start:start + b].to(device) for k, v in c.cond.items()}
         negative = None if c.negative is None else {k: v[start:start + b].to(device) for k, v in c.negative.items()}
-        results.append(run(start, images[start:start + b].to(device), gens, cond, negative, guidance,
-                           lambda *_: bar.update(1)).cpu())
+        batch = images[start:start + b].to(device) if images is not None else None
+        results.append(run(start, batch, gens, cond, negative, guidance, lambda *_: bar.update(1)).cpu())
     bar.close()
     x = torch.cat(results)
     out.mkdir(parents=True, exist_ok=True)
     for i in range(n):
-        save_png(out / f"{i:04d}.png", to_pil(x[i]), meta | {"seed": seed + i, "input": files[i].name})
+        save_png(out / f"{i:04d}.png", to_pil(x[i]), meta | {"seed": seed + i} | ({"input": files[i].name} if files else {}))
     save_png(out / "grid.png", make_grid(x), meta | {"seed": f"{seed}..{seed + n - 1}"})
     typer.echo(f"{n} images written to {out}")
 
