@@ -39,7 +39,9 @@ def train(
     sample_every: Optional[int] = typer.Option(None, help="Write a sample grid every N steps (default: at checkpoints; 0: never)."),
     resume: bool = typer.Option(False, help="Continue the run in --out from its checkpoint."),
     seed: int = typer.Option(0, help="Same seed and options give the same weights on CPU."),
-    cond: str = typer.Option("none", help="none | class | text (captions through a frozen text encoder)."),
+    cond: str = typer.Option("none", help="none | class | text (captions through a frozen text encoder) | superres "
+                                           "(SR3: learn to upsample box-averaged images by --sr-factor)."),
+    sr_factor: int = typer.Option(4, help="--cond superres: the upscaling factor; it must divide the preset's image size."),
     prediction: str = typer.Option("epsilon", help="epsilon | sample | v_prediction."),
     schedule: str = typer.Option("linear", help="Noise schedule: linear | cosine."),
     min_snr_gamma: float = typer.Option(5.0, help="Min-SNR-gamma loss weighting (Hang et al. 2023); 0 turns it off."),
@@ -53,7 +55,7 @@ def train(
 
     opts = TrainOptions(data=data, out=str(out), preset=preset, model=model, batch_size=batch_size, lr=lr,
                         max_steps=max_steps, max_minutes=max_minutes, checkpoint_every=checkpoint_every,
-                        sample_every=sample_every, resume=resume, seed=_check_seed(seed), cond=cond,
+                        sample_every=sample_every, resume=resume, seed=_check_seed(seed), cond=cond, sr_factor=sr_factor,
                         prediction=prediction, schedule=schedule, min_snr_gamma=min_snr_gamma, ema_decay=ema_decay,
                         device=str(resolve_device(device)))
     path = run(opts, log=lambda msg: typer.echo(msg, err=True), progress=not quiet)
@@ -345,9 +347,11 @@ def upscale(
     image: Path = IMAGE,
     out: Path = TASK_OUT,
     model: str = TASK_MODEL,
-    factor: Optional[int] = typer.Option(None, help="Upscaling factor (default: the model's size / the input's)."),
+    factor: Optional[int] = typer.Option(None, help="Upscaling factor (default: a super-resolution model's own, else "
+                                                    "the model's size / the input's)."),
     method: str = typer.Option("project", help="Data consistency: project (x0 onto box-downsample = input; any "
-                                                "sampler) | ilvr (low frequencies of x_t; ddpm)."),
+                                                "sampler) | ilvr (low frequencies of x_t; ddpm) | none (a "
+                                                "super-resolution model's own samples)."),
     sampler: str = typer.Option("ddpm", help="Sampler name (see noisecraft.SAMPLERS)."),
     steps: int = typer.Option(100, help="Solver steps."),
     seed: int = TASK_SEED,
@@ -359,7 +363,8 @@ def upscale(
     device: str = DEVICE,
     quiet: bool = QUIET,
 ):
-    """Super-resolution with any model: upsample low-resolution images to the model's size (zero-shot)."""
+    """Super-resolution: upsample low-resolution images to the model's size, with a model trained for it
+    (--cond superres) or zero-shot with any model."""
     from noisecraft.device import resolve_device
     from noisecraft.models import load_model
     from noisecraft.samplers import plan
@@ -371,6 +376,8 @@ def upscale(
     net = load_model(model, device=dev)
     size, channels = net.config.unet.image_size, net.config.unet.in_channels
     files, pils = _read_inputs(image)
+    if factor is None and net.config.sr_factor:
+        factor = net.config.sr_factor
     if factor is None:
         side = min(pils[0].size)
         if size % side or size // side < 2:

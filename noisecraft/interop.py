@@ -208,6 +208,9 @@ def schedule_from_diffusers(config: dict, where) -> tuple[NoiseSchedule, str]:
 def diffusers_unet_config(net: nn.Module) -> dict:
     """The UNet2DModel config that reproduces a noisecraft UNet exactly, or a NoisecraftError saying why none does."""
     cfg: UNetConfig = net.config
+    if cfg.low_res_channels:
+        raise NoisecraftError("super-resolution models do not export to diffusers: DDPMPipeline draws from noise alone, "
+                              "with no low-res input to condition on")
     if cfg.num_classes or cfg.context_dim:
         raise NoisecraftError("only unconditional models export to diffusers (DDPMPipeline draws without a class or "
                               "prompt); this one is " + ("class" if cfg.num_classes else "text") + "-conditional")

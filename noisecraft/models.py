@@ -30,7 +30,8 @@ class ModelConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     prediction: str = "epsilon"
     family: str = "diffusion"
-    cond: str = "none"                       # "none" | "class" | "text"
+    cond: str = "none"                       # "none" | "class" | "text" | "superres"
+    sr_factor: int = 0                       # cond "superres": the model upsamples (H/f, W/f) images f times
     data: str = ""                           # the source it was trained on
     class_names: list[str] | None = None
     guidance: float = 1.0                    # default classifier-free guidance scale for sampling

@@ -306,3 +306,16 @@ def test_task_with_a_missing_or_unreadable_image_is_one_line(tiny_model_dir, tmp
                            if command == "inpaint" else
                            [command, "--model", tiny_model_dir, "--image", image, "--out", tmp_path / "o"], capsys)
         assert_user_error(code, err, match)
+
+
+def test_upscale_with_a_super_resolution_model_uses_its_factor(tiny_sr_model_dir, tmp_path, capsys):
+    _digit_png(tmp_path / "low.png", 4)
+    code, _, err = run(["upscale", "--model", tiny_sr_model_dir, "--image", tmp_path / "low.png", "--steps", 3,
+                        "--sampler", "ddim", "--out", tmp_path / "up", "--quiet"], capsys)
+    assert code == 0, err
+    up = Image.open(tmp_path / "up" / "0000.png")
+    assert up.size == (16, 16) and up.text["factor"] == "4"
+    code, _, err = run(["sample", "--model", tiny_sr_model_dir, "--n", 1, "--out", tmp_path / "s", "--quiet"], capsys)
+    assert_user_error(code, err, "super-resolution model")
+    code, _, err = run(["train", "--cond", "superres", "--sr-factor", 3, "--out", tmp_path / "t"], capsys)
+    assert_user_error(code, err, "--sr-factor must be at least 2")

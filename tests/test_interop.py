@@ -194,6 +194,8 @@ def test_a_hub_name_without_a_local_folder_says_nothing_is_downloaded(tmp_path, 
 EXPORT_ERRORS = {
     "class-conditional": (dict(unet=UNetConfig(image_size=8, base_channels=8, channel_mult=(1, 2), num_classes=3,
                                                groups=4, head_dim=8), cond="class"), "class-conditional"),
+    "super-resolution": (dict(unet=UNetConfig(image_size=8, base_channels=8, channel_mult=(1, 2), low_res_channels=1,
+                                              groups=4, head_dim=8), cond="superres", sr_factor=2), "super-resolution"),
     "wide first level": (dict(unet=UNetConfig(image_size=8, base_channels=8, channel_mult=(2, 2), groups=4, head_dim=8)),
                          "channel_mult starts at 2"),
     "uneven groups": (dict(unet=UNetConfig(image_size=8, base_channels=12, channel_mult=(1, 2), groups=8, head_dim=12)),

@@ -19,6 +19,7 @@ class UNetConfig:
     dropout: float = 0.0
     num_classes: int = 0          # > 0: class-conditional; index num_classes is the "no class" token for CFG
     context_dim: int = 0          # > 0: cross-attention to text token states of this width
+    low_res_channels: int = 0     # > 0: super-resolution (SR3): the upsampled low-res image is concatenated to x_t
 
     def __post_init__(self):
         object.__setattr__(self, "channel_mult", tuple(self.channel_mult))

@@ -6,8 +6,21 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from noisecraft.errors import NoisecraftError
 from noisecraft.nets.layers import AttentionBlock, Downsample, ResBlock, Upsample, norm, timestep_embedding, zero
 from noisecraft.nets.presets import UNetConfig
+
+
+def upsample_condition(low_res: torch.Tensor | None, size: int) -> torch.Tensor:
+    """The low-res image at the model's size, each pixel repeated into a block: for box-averaged inputs this
+    is the pseudo-inverse of the degradation (box_down(up(y)) = y), so the network sees y itself."""
+    if low_res is None:
+        raise NoisecraftError("this is a super-resolution model: give it the low-res image (noisecraft upscale, or "
+                              "cond={'low_res': y})")
+    if size % low_res.shape[-1] or low_res.shape[-1] != low_res.shape[-2]:
+        raise NoisecraftError(f"a {tuple(low_res.shape[-2:])} low-res image does not divide the model's {size}x{size} "
+                              "output into whole blocks")
+    return F.interpolate(low_res, scale_factor=size // low_res.shape[-1], mode="nearest")
 
 
 class Level(nn.Module):
@@ -34,7 +47,7 @@ class UNet(nn.Module):
         self.class_emb = nn.Embedding(cfg.num_classes + 1, emb_dim) if cfg.num_classes else None
         self.context_proj = nn.Linear(cfg.context_dim, emb_dim) if cfg.context_dim else None
 
-        self.stem = nn.Conv2d(cfg.in_channels, ch, 3, padding=1)
+        self.stem = nn.Conv2d(cfg.in_channels + cfg.low_res_channels, ch, 3, padding=1)
         self.down = nn.ModuleList()
         skips, res = [ch], cfg.image_size
         for level, mult in enumerate(cfg.channel_mult):
@@ -59,9 +72,11 @@ class UNet(nn.Module):
         self.out = nn.Sequential(norm(ch, cfg.groups), nn.SiLU(), zero(nn.Conv2d(ch, cfg.in_channels, 3, padding=1)))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None,
-                context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None) -> torch.Tensor:
+                context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None,
+                low_res: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B, C, H, W); t: (B,) float timesteps in [0, T-1]; class_labels: (B,) int64 with
-        num_classes meaning "none"; context: (B, L, context_dim) token states, context_mask: (B, L)."""
+        num_classes meaning "none"; context: (B, L, context_dim) token states, context_mask: (B, L);
+        low_res: (B, low_res_channels, H/f, W/f), the image a super-resolution model upsamples."""
         emb = self.time_mlp(timestep_embedding(t.expand(x.shape[0]), self.config.base_channels))  # (B, E)
         if self.class_emb is not None:
             if class_labels is None:
@@ -72,6 +87,8 @@ class UNet(nn.Module):
             pooled = (context * m[..., None]).sum(1) / m.sum(1, keepdim=True).clamp(min=1)  # (B, D)
             emb = emb + self.context_proj(pooled)
 
+        if self.config.low_res_channels:
+            x = torch.cat([x, upsample_condition(low_res, x.shape[-1])], dim=1)  # (B, C + C_lr, H, W), SR3 §2.4
         h = self.stem(x)                                                     # (B, ch, H, W)
         hs = [h]
         for block in self.down:

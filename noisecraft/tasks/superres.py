@@ -16,7 +16,8 @@ any sampler, so it is the default. DDPM's stochastic steps beat deterministic DD
 100 steps vs 18.4 dB at 50), so DDPM with 100 steps is the default sampler.
 
 A model trained for super-resolution (SR3, Saharia et al. 2022: a UNet conditioned on the upsampled
-input by channel concatenation) needs no consistency step; it samples with cond={"low_res": ...}.
+input by channel concatenation; `noisecraft train --cond superres`) gets cond={"low_res": y} on every call,
+under either consistency method or with none ("none": SR3 as published).
 """
 from __future__ import annotations
 
@@ -72,7 +73,14 @@ def _ilvr(model, y, factor, schedule, prediction, *, sampler, steps, spacing, et
                                 callback=callback)
 
 
-METHODS: dict[str, Callable] = {"project": _project, "ilvr": _ilvr}
+def _plain(model, y, factor, schedule, prediction, *, sampler, steps, spacing, eta, noise, cond,
+           guidance_scale, negative_cond, callback, clip_denoised):
+    p = plan(model, schedule, sampler, steps, spacing, eta)
+    denoise = guided_denoiser(model, schedule, prediction, cond, guidance_scale, negative_cond, clip_denoised)
+    return p.fn(denoise, noise().double(), p.grid, schedule, noise=noise, eta=p.eta, callback=callback, **p.options)
+
+
+METHODS: dict[str, Callable] = {"project": _project, "ilvr": _ilvr, "none": _plain}
 
 
 def upscale(
@@ -95,7 +103,9 @@ def upscale(
     clip_denoised: bool = True,
 ) -> torch.Tensor:
     """Upsample `low_res` (B, C, h, w) in [-1, 1] by `factor` (default: the model's image size / h) to the
-    model's size. `method` is "project" (any sampler) or "ilvr" (ddpm only); the other arguments are sample()'s. Returns (B, C, h * factor, w * factor) float32."""
+    model's size. `method` is "project" (any sampler), "ilvr" (ddpm only) or "none" (a super-resolution
+    model's own conditional samples); the other arguments are sample()'s. Returns (B, C, h * factor, w * factor)
+    float32."""
     low_res = check_images(low_res, "low_res")
     if method not in METHODS:
         raise NoisecraftError(f"unknown super-resolution method {method!r}: use one of {', '.join(METHODS)}")
@@ -110,6 +120,15 @@ def upscale(
         factor = size // h
     if isinstance(factor, bool) or not isinstance(factor, int) or factor < 2:
         raise NoisecraftError(f"the upscaling factor must be a whole number >= 2, got {factor!r}")
+    trained = getattr(config, "sr_factor", 0)
+    if trained:
+        if factor != trained:
+            raise NoisecraftError(f"this super-resolution model upsamples x{trained}, not x{factor}: give it "
+                                  f"{size // trained}x{size // trained} images")
+        cond = {**(cond or {}), "low_res": low_res.to(torch.float32)}
+    elif method == "none":
+        raise NoisecraftError("method 'none' leaves consistency to a super-resolution model (train --cond superres); "
+                              "with this model use 'project' or 'ilvr'")
     if config is not None and ((h * factor, w * factor) != (size, size) or c != config.unet.in_channels):
         raise NoisecraftError(f"the model makes {config.unet.in_channels}x{size}x{size} images: a x{factor} input must be "
                               f"{config.unet.in_channels}x{size // factor}x{size // factor}, got {c}x{h}x{w}")

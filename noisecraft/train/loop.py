@@ -19,6 +19,7 @@ from noisecraft.models import CONFIG_FILE, DiffusionModel, ModelConfig, load_sta
 from noisecraft.nets import get_preset
 from noisecraft.nets.text import DEFAULT_ENCODER, MAX_TOKENS
 from noisecraft.samplers import sample
+from noisecraft.tasks.common import box_down
 from noisecraft.train.checkpoint import STATE_FILE, load_checkpoint, save_checkpoint
 from noisecraft.train.ema import EMA
 from noisecraft.viz import make_grid
@@ -45,6 +46,7 @@ class TrainOptions:
     weight_decay: float = 0.0
     seed: int = 0
     cond: str = "none"
+    sr_factor: int = 4                      # cond "superres": train to upsample box-averaged (H/f, W/f) images
     prediction: str = "epsilon"
     schedule: str = "linear"
     min_snr_gamma: float | None = 5.0       # Hang et al. (2023); None or 0 turns it off
@@ -54,10 +56,13 @@ class TrainOptions:
     def validate(self) -> "TrainOptions":
         if self.model != "diffusion":
             raise NoisecraftError(f"--model {self.model} is not available in this version: use --model diffusion")
-        if self.cond not in ("none", "class", "text"):
-            raise NoisecraftError(f"unknown --cond {self.cond!r}: use none, class or text")
+        if self.cond not in ("none", "class", "text", "superres"):
+            raise NoisecraftError(f"unknown --cond {self.cond!r}: use none, class, text or superres")
         check_prediction(self.prediction)
-        get_preset(self.preset)
+        size = get_preset(self.preset).image_size
+        if self.cond == "superres" and (self.sr_factor < 2 or size % self.sr_factor):
+            raise NoisecraftError(f"--sr-factor must be at least 2 and divide the {self.preset} preset's image size "
+                                  f"{size}, got {self.sr_factor}")
         if self.schedule not in ("linear", "cosine"):
             raise NoisecraftError(f"unknown --schedule {self.schedule!r}: use linear or cosine")
         for name in ("batch_size", "checkpoint_every"):
@@ -75,8 +80,8 @@ class TrainOptions:
 
     # Options that must not change across a resume (the rest, like max_steps, may). The learning
     # rate is restored with the optimizer state, so a different --lr would be silently ignored.
-    FIXED = ("data", "preset", "batch_size", "lr", "warmup_steps", "cond", "prediction", "schedule", "seed",
-             "ema_decay", "min_snr_gamma")
+    FIXED = ("data", "preset", "batch_size", "lr", "warmup_steps", "cond", "sr_factor", "prediction", "schedule",
+             "seed", "ema_decay", "min_snr_gamma")
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -114,10 +119,13 @@ def train(opts: TrainOptions, log: Callable[[str], None] = print, progress: bool
         captions, encoder = text_table(data, opts.data)
         captions = tuple(v.to(device) for v in captions)
         unet = replace(unet, context_dim=encoder.width)
+    if opts.cond == "superres":
+        unet = replace(unet, low_res_channels=unet.in_channels)
     schedule_cfg = ScheduleConfig(kind=opts.schedule)
     config = ModelConfig(unet=unet, schedule=schedule_cfg, prediction=opts.prediction, cond=opts.cond, data=opts.data,
                          class_names=data.class_names if opts.cond == "class" else None,
-                         guidance=DEFAULT_GUIDANCE if opts.cond != "none" else 1.0,
+                         sr_factor=opts.sr_factor if opts.cond == "superres" else 0,
+                         guidance=DEFAULT_GUIDANCE if opts.cond in ("class", "text") else 1.0,
                          text_encoder=DEFAULT_ENCODER if opts.cond == "text" else None, max_tokens=MAX_TOKENS,
                          description=f"{opts.preset} UNet trained on {opts.data}")
 
@@ -157,7 +165,7 @@ def train(opts: TrainOptions, log: Callable[[str], None] = print, progress: bool
                         progress={"step": step, "epoch": epoch, "pos": pos}, options=asdict(opts))
         every = opts.checkpoint_every if opts.sample_every is None else opts.sample_every
         if every and step % every == 0:
-            write_sample_grid(out / "samples" / f"step-{step:07d}.png", config, ema, device)
+            write_sample_grid(out / "samples" / f"step-{step:07d}.png", config, ema, device, images[:64])
 
     start = time.monotonic()
     bar = tqdm(total=opts.max_steps, initial=step, disable=not progress, unit="step", dynamic_ncols=True)
@@ -189,6 +197,8 @@ def train(opts: TrainOptions, log: Callable[[str], None] = print, progress: bool
             drop = torch.rand(len(idx), generator=noise_gen).to(device) < CFG_DROPOUT
             c = torch.where(drop, torch.zeros_like(idx), caption_index[idx])        # row 0: the empty prompt
             cond["context"], cond["context_mask"] = states[c], masks[c]
+        if opts.cond == "superres":
+            cond["low_res"] = box_down(x0, opts.sr_factor)                # SR3: learn p(x_0 | y), y = A x_0
         loss = diffusion_loss(model(x_t, t.float(), **cond), x0, noise, alpha_bar[t], opts.prediction,
                               opts.min_snr_gamma or None)
         if not torch.isfinite(loss):
@@ -239,14 +249,18 @@ def text_table(data, source: str):
     return (states, masks, torch.tensor([row[c] for c in data.captions])), encoder
 
 
-def write_sample_grid(path: Path, config: ModelConfig, ema: EMA, device, n: int = 64) -> None:
-    """A grid from the EMA weights with 50 DDIM steps, fixed seed, so grids across steps compare."""
+def write_sample_grid(path: Path, config: ModelConfig, ema: EMA, device, examples: torch.Tensor, n: int = 64) -> None:
+    """A grid from the EMA weights with 50 DDIM steps, fixed seed, so grids across steps compare. A
+    super-resolution model upsamples the first `examples` (training images) box-averaged."""
     model = DiffusionModel(config).to(device)
     model.net.load_state_dict(ema.state_dict())
     model.eval()
     cond = {}
     if config.unet.num_classes:
         cond["class_labels"] = torch.arange(n, device=device) % config.unet.num_classes
+    if config.sr_factor:
+        n = min(n, len(examples))
+        cond["low_res"] = box_down(examples[:n], config.sr_factor)
     x = sample(model, (n, *config.image_shape), sampler="ddim", steps=50,
                generator=torch.Generator().manual_seed(0), cond=cond)
     save_png(path, make_grid(x, nrow=8), {"step": path.stem})

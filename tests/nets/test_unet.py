@@ -69,3 +69,20 @@ def test_bad_preset_and_bad_size_are_clear_errors():
         get_preset("huge")
     with pytest.raises(NoisecraftError, match="divisible"):
         UNetConfig(image_size=18, channel_mult=(1, 2, 2))
+
+
+def test_super_resolution_net_sees_the_upsampled_low_res_image():
+    cfg = replace(PRESETS["tiny"], low_res_channels=1)
+    net = _trained_like(cfg)
+    assert net.stem.in_channels == 2                                   # x_t and the upsampled condition, SR3
+    x, t = torch.randn(2, 1, 16, 16), torch.tensor([10.0, 500.0])
+    y = torch.randn(2, 1, 4, 4)
+    out = net(x, t, low_res=y)
+    assert out.shape == x.shape
+    assert not torch.allclose(out, net(x, t, low_res=-y))
+    # nearest upsampling: a 8x8 input repeating each 4x4 pixel twice is the same condition
+    assert torch.allclose(out, net(x, t, low_res=y.repeat_interleave(2, -2).repeat_interleave(2, -1)), atol=1e-6)
+    with pytest.raises(NoisecraftError, match="give it the low-res image"):
+        net(x, t)
+    with pytest.raises(NoisecraftError, match="whole blocks"):
+        net(x, t, low_res=torch.randn(2, 1, 5, 5))

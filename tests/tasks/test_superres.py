@@ -59,3 +59,25 @@ def test_shipped_model_upscales_by_the_factor_its_size_implies():
         upscale(model, y, method="sr4")
     with pytest.raises(NoisecraftError, match="ILVR runs DDPM"):
         upscale(model, y, method="ilvr", sampler="ddim")
+
+
+def test_a_super_resolution_model_gets_the_low_res_image_under_every_method(tiny_sr_model_dir):
+    model = load_model(tiny_sr_model_dir)
+    calls = []
+    forward = model.net.forward
+    model.net.forward = lambda x, t, **cond: calls.append(cond["low_res"]) or forward(x, t, **cond)
+    y = torch.rand(3, 1, 4, 4) * 2 - 1
+    for method, sampler in [("none", "ddim"), ("project", "ddim"), ("ilvr", "ddpm")]:
+        calls.clear()
+        out = upscale(model, y, method=method, sampler=sampler, steps=4, generator=torch.Generator().manual_seed(0))
+        assert out.shape == (3, 1, 16, 16) and len(calls) == 4
+        assert all(torch.equal(c, y) for c in calls)
+        if method != "none":
+            assert (box_down(out, 4) - y).abs().max() < 1e-3
+    with pytest.raises(NoisecraftError, match="upsamples x4, not x2"):
+        upscale(model, torch.zeros(1, 1, 8, 8))
+
+
+def test_method_none_needs_a_super_resolution_model():
+    with pytest.raises(NoisecraftError, match="method 'none'"):
+        upscale(load_model("digits"), torch.zeros(1, 1, 8, 8), method="none")

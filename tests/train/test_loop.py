@@ -136,3 +136,19 @@ def test_text_conditioning_needs_captions(tmp_path):
     with pytest.raises(NoisecraftError, match="needs captions"):
         quiet_train(opts(tmp_path, cond="text"))
     assert not (tmp_path / "run").exists()
+
+
+def test_super_resolution_trains_on_box_averaged_inputs(tmp_path):
+    out = quiet_train(opts(tmp_path, max_steps=2, cond="superres", sr_factor=2))
+    model = load_model(out)
+    assert model.config.cond == "superres" and model.config.sr_factor == 2 and model.config.guidance == 1.0
+    assert model.config.unet.low_res_channels == 1 and model.net.stem.in_channels == 2
+    with pytest.raises(NoisecraftError, match="sr_factor"):
+        quiet_train(opts(tmp_path, max_steps=4, cond="superres", sr_factor=4, resume=True))
+
+
+@pytest.mark.parametrize("factor", [1, 3])
+def test_super_resolution_factor_must_divide_the_image(tmp_path, factor):
+    with pytest.raises(NoisecraftError, match="--sr-factor must be at least 2 and divide"):
+        quiet_train(opts(tmp_path, cond="superres", sr_factor=factor))
+    assert not (tmp_path / "run").exists()
