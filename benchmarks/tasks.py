@@ -2,13 +2,14 @@
 trained on the real digits (the acceptance numbers of issue 6 that need no extra model).
 
     python benchmarks/tasks.py sr --n 100 [--factors 2,4] [--configs project:ddim:50,project:ddpm:100,ilvr:ddpm:100]
-    python benchmarks/tasks.py inpaint --n 100 [--steps 250 --jump 10 --resample 10]
+    python benchmarks/tasks.py inpaint --n 300 [--inpaint-configs 50:100:10:1,0:100:10:1,0:250:10:10]
     python benchmarks/tasks.py edit --n 100 [--strengths 0,0.2,0.4,0.6,0.8,1]
 
 sr: PSNR of box-downsampled output vs the low-res input (consistency) and PSNR / SSIM vs the 16x16
 ground truth, beside bicubic upsampling, and the classifier's accuracy on each.
-inpaint: the right half of each digit masked; the classifier's accuracy on RePaint fills beside a
-random fill (uniform noise) and the unmasked pixels' largest change (must be <= 1/255).
+inpaint: the right half of each digit masked; the classifier's accuracy on the fills of each configuration
+(reconstruction weight : steps : jump : resample) beside a random fill (uniform noise), and the unmasked
+pixels' largest change (must be <= 1/255).
 edit: distance to the input and classifier confidence in the input's class against strength.
 Results go to benchmarks/results/tasks-{sr,inpaint,edit}.json.
 """
@@ -27,6 +28,7 @@ from noisecraft import edit, inpaint, load_model, upscale
 from noisecraft.eval.classifier import predict_proba
 from noisecraft.io import atomic_write_json
 from noisecraft.tasks.common import box_down
+from noisecraft.tasks.inpaint import model_calls
 
 from digits_quality import digits_judge
 
@@ -91,17 +93,22 @@ def run_inpaint(model, test, clf, args) -> dict:
     gt, labels = test.images[:args.n], test.labels[:args.n]
     mask = torch.zeros(1, 1, *gt.shape[-2:])
     mask[..., gt.shape[-1] // 2:] = 1                                     # the right half
-    t0 = time.time()
-    x = batched(lambda b, **kw: inpaint(model, b, mask, steps=args.steps, jump=args.jump, resample=args.resample, **kw),
-                gt, args.batch_size)
-    seconds = time.time() - t0
+    to8 = lambda v: ((v.clamp(-1, 1) + 1) * 127.5).round()
+    rows = []
+    for spec in args.inpaint_configs.split(","):
+        w, steps, jump, resample = (float(v) for v in spec.split(":"))
+        t0 = time.time()
+        x = batched(lambda b, **kw: inpaint(model, b, mask, steps=int(steps), jump=int(jump), resample=int(resample),
+                                            reconstruction=w, **kw), gt, args.batch_size)
+        rows.append({"reconstruction": w, "steps": int(steps), "jump": int(jump), "resample": int(resample),
+                     "model_calls": model_calls(int(steps), int(jump), int(resample)),
+                     "seconds": round(time.time() - t0, 1), "accuracy": accuracy(clf, x, labels),
+                     "max_known_change_255": float(((to8(x) - to8(gt)) * (1 - mask)).abs().max())})
+        print(json.dumps(rows[-1]), flush=True)
     noise = torch.rand(gt.shape, generator=torch.Generator().manual_seed(0)) * 2 - 1
     random_fill = mask * noise + (1 - mask) * gt
-    to8 = lambda v: ((v.clamp(-1, 1) + 1) * 127.5).round()
-    return {"steps": args.steps, "jump": args.jump, "resample": args.resample, "seconds": round(seconds, 1),
-            "accuracy": accuracy(clf, x, labels), "random_fill_accuracy": accuracy(clf, random_fill, labels),
-            "ground_truth_accuracy": accuracy(clf, gt, labels),
-            "max_known_change_255": float(((to8(x) - to8(gt)) * (1 - mask)).abs().max())}
+    return {"rows": rows, "random_fill_accuracy": accuracy(clf, random_fill, labels),
+            "ground_truth_accuracy": accuracy(clf, gt, labels)}
 
 
 def run_edit(model, test, clf, args) -> dict:
@@ -145,9 +152,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=100)
     ap.add_argument("--factors", default="2,4")
     ap.add_argument("--configs", default="project:ddim:50,project:ddpm:100,ilvr:ddpm:100")
-    ap.add_argument("--steps", type=int, default=250)
-    ap.add_argument("--jump", type=int, default=10)
-    ap.add_argument("--resample", type=int, default=10)
+    ap.add_argument("--steps", type=int, default=250, help="edit: DDPM steps")
+    ap.add_argument("--inpaint-configs", default="50:100:10:1,0:100:10:1,0:250:10:10")
     ap.add_argument("--strengths", default="0,0.2,0.4,0.6,0.8,1")
     args = ap.parse_args()
 
