@@ -10,6 +10,7 @@ import warnings
 import zlib
 from collections import deque
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -41,13 +42,15 @@ def list_images(root: Path) -> list[Path]:
         dirnames[:] = [d for d in dirnames if not _hidden(d)]
         found += [Path(dirpath, f) for f in filenames
                   if not _hidden(f) and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS]
-    return sorted(found, key=lambda p: p.relative_to(root).parts)
+    found.sort(key=lambda p: p.relative_to(root).parts)    # in place: a folder of millions is listed once
+    return found
 
 
-def _decode(path: Path, image_size: int | None) -> Image.Image | None:
-    """The fully decoded, upright image, or None when PIL cannot read all of it."""
+def _decode(source: Path | BinaryIO, image_size: int | None) -> Image.Image | None:
+    """The fully decoded, upright image from a file path or an open binary file (a tar member),
+    or None when PIL cannot read all of it."""
     try:
-        with Image.open(path) as img:
+        with Image.open(source) as img:
             if image_size is not None:
                 img.draft(None, (image_size, image_size))   # JPEG: decode at a reduced scale >= size
             img.load()                                      # truncated files fail here, not later
@@ -66,43 +69,55 @@ def image_folder(root: Path, image_size: int | None, channels: int | None) -> Im
     if not files:
         raise NoisecraftError(f"no images found in {root} (looked for {', '.join(IMAGE_EXTENSIONS)})")
     arrays: deque[np.ndarray] = deque()                     # uint8 (H, W, C), the only copy until stacked
-    kept: list[Path] = []
-    bad: list[Path] = []
-    for path in files:
+    kept = np.zeros(len(files), dtype=bool)                 # which files decoded (indices, not a second path list)
+    bad = 0
+    for i, path in enumerate(files):
         img = _decode(path, image_size)
         if img is None:
-            bad.append(path)
+            bad += 1
             continue
-        img = flatten_pil(img, channels)
-        if image_size is not None:
-            img = resize_square_pil(img, image_size)
-        elif arrays and img.size != arrays[0].shape[1::-1]:
-            first = kept[0].relative_to(root)
+        array = to_array(img, image_size, channels)
+        if arrays and array.shape[:2] != arrays[0].shape[:2]:
+            first = files[int(np.argmax(kept))].relative_to(root)
             raise NoisecraftError(f"images in {root} differ in size ({first} is {arrays[0].shape[1]}x{arrays[0].shape[0]}, "
-                                  f"{path.relative_to(root)} is {img.width}x{img.height}): pass image_size to resize them")
-        arrays.append(pil_to_array(img))
-        kept.append(path)
+                                  f"{path.relative_to(root)} is {array.shape[1]}x{array.shape[0]}): pass image_size to resize them")
+        arrays.append(array)
+        kept[i] = True
     if not arrays:
         raise NoisecraftError(f"none of the {len(files)} image files in {root} could be read: check they are valid images")
     if bad:
-        warnings.warn(f"skipped {len(bad)} unreadable image file(s) in {root} (first: {bad[0].relative_to(root)})",
-                      stacklevel=3)
+        first_bad = files[int(np.argmin(kept))].relative_to(root)
+        warnings.warn(f"skipped {bad} unreadable image file(s) in {root} (first: {first_bad})", stacklevel=3)
+    images = stack_arrays(arrays, channels)
 
+    labels, class_names = None, None
+    if all(len(p.relative_to(root).parts) > 1 for p in files):
+        # Names come from every listed file, so indices do not shift when a file is unreadable.
+        class_names = sorted({p.relative_to(root).parts[0] for p in files})
+        index = {name: i for i, name in enumerate(class_names)}
+        labels = torch.tensor([index[files[i].relative_to(root).parts[0]] for i in np.flatnonzero(kept)],
+                              dtype=torch.long)
+    kept_files = [files[i] for i in np.flatnonzero(kept)] if bad else files
+    return ImageData(images, labels, class_names, str(root), skipped=bad, captions=folder_captions(root, kept_files))
+
+
+def to_array(img: Image.Image, image_size: int | None, channels: int | None) -> np.ndarray:
+    """A decoded image -> uint8 (H, W, C) with `channels` (None: its own) and, if given, a centre square resized."""
+    img = flatten_pil(img, channels)
+    if image_size is not None:
+        img = resize_square_pil(img, image_size)
+    return pil_to_array(img)
+
+
+def stack_arrays(arrays: deque[np.ndarray], channels: int | None) -> torch.Tensor:
+    """Same-size uint8 (H, W, C) arrays -> (N, C, H, W) float32 in [-1, 1], emptying the deque as it
+    goes so only one copy of the pixels is alive at a time."""
     h, w = arrays[0].shape[:2]
     c = channels or max(a.shape[2] for a in arrays)         # a mixed grey/RGB folder becomes RGB
     images = torch.empty((len(arrays), c, h, w))            # (N, C, H, W)
     for i in range(len(images)):
         images[i] = torch.from_numpy(arrays.popleft()).permute(2, 0, 1)   # grey broadcasts to RGB
-    images.div_(127.5).sub_(1)
-
-    labels, class_names = None, None
-    parts = [p.relative_to(root).parts for p in files]
-    if all(len(q) > 1 for q in parts):
-        # Names come from every listed file, so indices do not shift when a file is unreadable.
-        class_names = sorted({q[0] for q in parts})
-        index = {name: i for i, name in enumerate(class_names)}
-        labels = torch.tensor([index[p.relative_to(root).parts[0]] for p in kept], dtype=torch.long)
-    return ImageData(images, labels, class_names, str(root), skipped=len(bad), captions=folder_captions(root, kept))
+    return images.div_(127.5).sub_(1)
 
 
 def folder_captions(root: Path, files: list[Path]) -> list[str] | None:

@@ -10,9 +10,10 @@ SPLITS = ("train", "test", "all")
 
 @dataclass
 class ImageData:
-    """A whole data set in memory, ready for training (no per-item decoding later)."""
+    """A whole data set, ready for training: in memory, or (lazy tar shards) indexed and decoded per batch."""
 
-    images: torch.Tensor                 # (N, C, H, W) float32 in [-1, 1]
+    images: torch.Tensor                 # (N, C, H, W) float32 in [-1, 1]; tar shards loaded lazily give a
+                                         # ShardImages, which decodes on indexing: images[idx] -> tensor
     labels: torch.Tensor | None          # (N,) int64, or None when the source has no labels
     class_names: list[str] | None        # class_names[label]
     name: str                            # source name, or the folder path

@@ -1,14 +1,25 @@
 """The training loop (DDPM Algorithm 1): sample x_0, t and eps; regress the network output on
-its target with MSE; AdamW with warm-up and gradient clipping; EMA weights; atomic checkpoints."""
+its target with MSE; AdamW with warm-up and gradient clipping; EMA weights; atomic checkpoints.
+
+Runs as one process or as one of several under torchrun (train/distributed.py). Faults: a batch
+whose loss or gradient is NaN/inf is skipped and counted, and the run stops after --max-bad-steps
+of them in a row; SIGTERM/SIGINT finish the step, write a checkpoint and raise TrainingInterrupted;
+a full disk is a one-line error that leaves the previous checkpoint in place."""
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import math
+import random
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 
 from noisecraft.data import load_dataset
@@ -20,12 +31,16 @@ from noisecraft.nets import get_preset
 from noisecraft.nets.text import DEFAULT_ENCODER, MAX_TOKENS
 from noisecraft.samplers import sample
 from noisecraft.tasks.common import box_down
-from noisecraft.train.checkpoint import STATE_FILE, load_checkpoint, save_checkpoint
+from noisecraft.train import distributed
+from noisecraft.train.checkpoint import (clean_partial_writes, list_checkpoints, load_checkpoint, rng_state,
+                                         save_checkpoint, set_rng_state)
 from noisecraft.train.ema import EMA
 from noisecraft.viz import make_grid
 
 CFG_DROPOUT = 0.1  # condition dropped 10% of the time, for classifier-free guidance (Ho & Salimans 2021)
 DEFAULT_GUIDANCE = 3.0  # written into a conditional model's config; a shipped model's is set by measurement
+LOG_FILE = "train_log.jsonl"
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 @dataclass
@@ -34,13 +49,17 @@ class TrainOptions:
     out: str = "runs/digits"
     preset: str = "tiny"
     model: str = "diffusion"
-    batch_size: int = 32
+    batch_size: int = 32                    # the global batch, whatever the number of processes
+    grad_accum: int = 1                     # micro-batches per process per step
     lr: float = 2e-3
     warmup_steps: int = 100
     max_steps: int | None = None
     max_minutes: float | None = None
     checkpoint_every: int = 500
+    keep_checkpoints: int = 3
     sample_every: int | None = None        # None: at every checkpoint; 0: never
+    log_every: int = 10
+    max_bad_steps: int = 5                  # NaN/inf steps in a row before the run stops
     ema_decay: float = 0.999
     grad_clip: float = 1.0
     weight_decay: float = 0.0
@@ -51,6 +70,7 @@ class TrainOptions:
     schedule: str = "linear"
     min_snr_gamma: float | None = 5.0       # Hang et al. (2023); None or 0 turns it off
     resume: bool = False
+    tensorboard: bool = False
     device: str = "cpu"
 
     def validate(self) -> "TrainOptions":
@@ -65,7 +85,7 @@ class TrainOptions:
                                   f"{size}, got {self.sr_factor}")
         if self.schedule not in ("linear", "cosine"):
             raise NoisecraftError(f"unknown --schedule {self.schedule!r}: use linear or cosine")
-        for name in ("batch_size", "checkpoint_every"):
+        for name in ("batch_size", "grad_accum", "checkpoint_every", "keep_checkpoints", "log_every", "max_bad_steps"):
             if getattr(self, name) < 1:
                 raise NoisecraftError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -80,12 +100,23 @@ class TrainOptions:
 
     # Options that must not change across a resume (the rest, like max_steps, may). The learning
     # rate is restored with the optimizer state, so a different --lr would be silently ignored.
+    # grad_accum and the number of processes may change: they split the same global batch.
     FIXED = ("data", "preset", "batch_size", "lr", "warmup_steps", "cond", "sr_factor", "prediction", "schedule",
              "seed", "ema_decay", "min_snr_gamma")
 
 
+class TrainingInterrupted(Exception):
+    """SIGTERM or SIGINT stopped the run after a checkpoint was written; resume with --resume."""
+
+    def __init__(self, signum: int, step: int, out: Path):
+        self.signum, self.step, self.out = signum, step, out
+        super().__init__(f"{signal.Signals(signum).name} at step {step}: checkpoint written to {out}; "
+                         "continue with --resume")
+
+
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
-    """The data order of an epoch depends only on (seed, epoch), so resuming mid-epoch is exact."""
+    """The data order of an epoch depends only on (seed, epoch), so resuming mid-epoch is exact
+    and every process computes the same order without talking to the others."""
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
 
 
@@ -93,23 +124,71 @@ def lr_lambda(warmup_steps: int) -> Callable[[int], float]:
     return lambda step: min(1.0, (step + 1) / max(1, warmup_steps))
 
 
+def seed_process(seed: int, rank: int) -> None:
+    """Global RNGs of one process. Rank 0 keeps the plain seed, so one process trains as before;
+    the others get their own streams (dropout masks differ per process, as in DiT's DDP recipe)."""
+    torch.manual_seed(seed if rank == 0 else seed * 1_000_003 + rank)
+    np.random.seed((seed + 7919 * rank) % 2**32)
+    random.seed(seed + 7919 * rank)
+
+
+def tensorboard_writer_class():
+    """TensorBoard's SummaryWriter, checked before the run starts so a missing package costs nothing."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise NoisecraftError("--tensorboard needs the tensorboard package: pip install tensorboard, or drop "
+                              f"--tensorboard ({LOG_FILE} holds the same numbers; see noisecraft plot-log)") from None
+    return SummaryWriter
+
+
+@contextlib.contextmanager
+def stop_signals():
+    """While training: the first SIGTERM/SIGINT is noted (the loop checkpoints and stops at the end of
+    the step); a second SIGINT interrupts at once. Yields a list holding the signal numbers seen."""
+    seen: list[int] = []
+    if threading.current_thread() is not threading.main_thread():   # handlers can only be set there
+        yield seen
+        return
+
+    def note(signum, frame):
+        if seen and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        seen.append(signum)
+
+    previous = {s: signal.signal(s, note) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield seen
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
 def train(opts: TrainOptions, log: Callable[[str], None] = print, progress: bool = True) -> Path:
     """Train and return the model directory (`opts.out`). Stops at max_steps or max_minutes,
-    whichever comes first; writes the model and a checkpoint every `checkpoint_every` steps."""
-    from tqdm import tqdm
-
+    whichever comes first; writes the model and a checkpoint every `checkpoint_every` steps.
+    Under torchrun each process calls this; only rank 0 logs and writes files."""
     opts.validate()
     out = Path(opts.out)
     if out.exists() and not out.is_dir():
         raise NoisecraftError(f"--out {out} is a file: choose a directory")
-    if not opts.resume and (out / CONFIG_FILE).exists():
+    if not opts.resume and ((out / CONFIG_FILE).exists() or list_checkpoints(out)):
         raise NoisecraftError(f"{out} already holds a model: pass --resume to continue it, or choose another --out")
-    device = torch.device(opts.device)
+    ctx = distributed.init(opts.device)
+    try:
+        if opts.batch_size < ctx.world_size * opts.grad_accum:
+            raise NoisecraftError(f"--batch-size {opts.batch_size} is smaller than processes x --grad-accum "
+                                  f"({ctx.world_size} x {opts.grad_accum}): every micro-batch needs an image")
+        with stop_signals() as signals:
+            return _train(opts, out, ctx, log if ctx.is_main else (lambda msg: None), progress and ctx.is_main,
+                          signals)
+    finally:
+        distributed.shutdown(ctx)
 
+
+def build_config(opts: TrainOptions, data, device: torch.device):
+    """The model config for this data and these options, and the caption table for --cond text."""
     unet = get_preset(opts.preset)
-    data = load_dataset(opts.data, image_size=unet.image_size, channels=unet.in_channels)
-    if len(data.images) == 0:
-        raise NoisecraftError(f"data source {opts.data!r} has no images")
     if opts.cond == "class":
         if data.labels is None:
             raise NoisecraftError(f"--cond class needs labels, and {opts.data} has none (use subfolders per class)")
@@ -121,117 +200,250 @@ def train(opts: TrainOptions, log: Callable[[str], None] = print, progress: bool
         unet = replace(unet, context_dim=encoder.width)
     if opts.cond == "superres":
         unet = replace(unet, low_res_channels=unet.in_channels)
-    schedule_cfg = ScheduleConfig(kind=opts.schedule)
-    config = ModelConfig(unet=unet, schedule=schedule_cfg, prediction=opts.prediction, cond=opts.cond, data=opts.data,
+    config = ModelConfig(unet=unet, schedule=ScheduleConfig(kind=opts.schedule), prediction=opts.prediction,
+                         cond=opts.cond, data=opts.data,
                          class_names=data.class_names if opts.cond == "class" else None,
                          sr_factor=opts.sr_factor if opts.cond == "superres" else 0,
                          guidance=DEFAULT_GUIDANCE if opts.cond in ("class", "text") else 1.0,
                          text_encoder=DEFAULT_ENCODER if opts.cond == "text" else None, max_tokens=MAX_TOKENS,
                          description=f"{opts.preset} UNet trained on {opts.data}")
+    return config, captions
 
-    torch.manual_seed(opts.seed)
+
+def _train(opts: TrainOptions, out: Path, ctx: distributed.Dist, log: Callable[[str], None], progress: bool,
+           signals: list[int]) -> Path:
+    from tqdm import tqdm
+
+    device = ctx.device
+    preset = get_preset(opts.preset)
+    data = load_dataset(opts.data, image_size=preset.image_size, channels=preset.in_channels, lazy=True)
+    n = len(data.images)
+    if n == 0:
+        raise NoisecraftError(f"data source {opts.data!r} has no images")
+    if opts.batch_size > n:
+        raise NoisecraftError(f"--batch-size {opts.batch_size} is larger than the {n} images of {opts.data}: lower it")
+    config, captions = build_config(opts, data, device)
+    writer_class = tensorboard_writer_class() if opts.tensorboard else None
+
+    seed_process(opts.seed, 0)                       # every process builds the same initial weights
     model = DiffusionModel(config).to(device)
+    if ctx.rank:
+        seed_process(opts.seed, ctx.rank)
     ema = EMA(model.net, opts.ema_decay)
     optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
     lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(opts.warmup_steps))
-    noise_gen = torch.Generator().manual_seed(opts.seed + 1)
-    step, epoch, pos, good_step = 0, 0, 0, None
+    noise_gen = torch.Generator().manual_seed(opts.seed + 1)    # shared: the same draws in every process
+    step, epoch, pos, skipped, bad_in_row, saved_step = 0, 0, 0, 0, 0, None
 
+    if ctx.is_main:
+        clean_partial_writes(out)
     if opts.resume:
-        tensors, meta = load_checkpoint(out)
-        changed = [k for k in TrainOptions.FIXED if meta["options"].get(k) != asdict(opts)[k]]
+        ckpt = load_checkpoint(out)
+        changed = [k for k in TrainOptions.FIXED if ckpt.meta["options"].get(k) != asdict(opts)[k]]
         if changed:
             raise NoisecraftError(f"--resume with different {', '.join(changed)} than the checkpoint: use the original values")
-        load_state(model.net, tensors["model"], out / STATE_FILE)
-        ema.load_state_dict(tensors["ema"])
-        optimizer.load_state_dict(meta["optimizer_state"])
-        lr_scheduler.load_state_dict(meta["lr_scheduler"])
-        torch.set_rng_state(tensors["rng"]["torch"])
-        noise_gen.set_state(tensors["rng"]["noise"])
-        step, epoch, pos = (meta["progress"][k] for k in ("step", "epoch", "pos"))
-        good_step = step
-        log(f"resuming {out} at step {step}")
+        load_state(model.net, ckpt.tensors["model"], ckpt.path)
+        ema.load_state_dict(ckpt.tensors["ema"])
+        optimizer.load_state_dict(ckpt.meta["optimizer_state"])
+        lr_scheduler.load_state_dict(ckpt.meta["lr_scheduler"])
+        rng = ckpt.tensors["rng"]
+        noise_gen.set_state(rng["noise"])
+        mine = {k.split(".", 1)[1]: v for k, v in rng.items() if k.startswith(f"rank{ctx.rank}.")}
+        if not mine and ctx.rank == 0 and "torch" in rng:           # a checkpoint from before per-process states
+            mine = {"torch": rng["torch"]}
+        if mine:
+            set_rng_state(mine, device)
+        progress_meta = ckpt.meta["progress"]
+        step, epoch, pos = (progress_meta[k] for k in ("step", "epoch", "pos"))
+        skipped, bad_in_row = progress_meta.get("skipped", 0), progress_meta.get("bad_in_row", 0)
+        saved_step = step
+        distributed.barrier(ctx)                     # every process has read the files before any is moved
+        for path, why in ckpt.corrupt:
+            log(f"warning: checkpoint {path.name} is corrupt ({why}); resumed from the older {ckpt.path.name}")
+            if ctx.is_main:
+                path.replace(path.with_name(path.name + ".corrupt"))
+        saved_ranks = sum(1 for k in rng if k.endswith(".torch") and k.startswith("rank"))
+        if ctx.world_size > saved_ranks:
+            log(f"note: the checkpoint holds RNG states for {saved_ranks} process(es); the others start fresh streams")
+        log(f"resuming {out} at step {step}" + (f" ({ctx.world_size} processes)" if ctx.world_size > 1 else ""))
 
-    images = data.images.to(device)                                     # (N, C, H, W), preloaded
+    images = data.images.to(device) if isinstance(data.images, torch.Tensor) else data.images
     labels = data.labels.to(device) if data.labels is not None else None
     alpha_bar = model.schedule.alphas_cumprod.to(device=device, dtype=torch.float32)
-    T, n = model.schedule.num_timesteps, len(images)
+    T, B, W = model.schedule.num_timesteps, opts.batch_size, ctx.world_size
+    shape = (B, *config.image_shape)
     order = epoch_order(n, opts.seed, epoch)
+    net = model
+    if W > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    micro = distributed.micro_slices(distributed.rank_slice(B, W, ctx.rank), opts.grad_accum)
+
+    def fetch(rows: torch.Tensor) -> torch.Tensor:
+        if isinstance(images, torch.Tensor):
+            return images[rows.to(device)]
+        return images[rows].to(device)              # lazy shards: decode only this process's rows
 
     def checkpoint() -> None:
-        save_model(out, config, ema.state_dict())
-        save_checkpoint(out, model=model.net, ema=ema, optimizer=optimizer, lr_scheduler=lr_scheduler,
-                        rng={"torch": torch.get_rng_state(), "noise": noise_gen.get_state()},
-                        progress={"step": step, "epoch": epoch, "pos": pos}, options=asdict(opts))
-        every = opts.checkpoint_every if opts.sample_every is None else opts.sample_every
-        if every and step % every == 0:
-            write_sample_grid(out / "samples" / f"step-{step:07d}.png", config, ema, device, images[:64])
+        """All processes call this (the RNG states are gathered); rank 0 writes. A full disk stops
+        every process with the newest complete checkpoint still on disk."""
+        nonlocal saved_step
+        states = distributed.gather(ctx, rng_state(device))
+        failure = None
+        if ctx.is_main:
+            rng = {"noise": noise_gen.get_state()} | {f"rank{r}.{k}": v for r, s in enumerate(states) for k, v in s.items()}
+            written = None
+            try:
+                save_checkpoint(out, model=model.net, ema=ema, optimizer=optimizer, lr_scheduler=lr_scheduler, rng=rng,
+                                progress={"step": step, "epoch": epoch, "pos": pos, "skipped": skipped,
+                                          "bad_in_row": bad_in_row},
+                                options=asdict(opts), keep=opts.keep_checkpoints)
+                written = step
+                save_model(out, config, ema.state_dict())
+                every = opts.checkpoint_every if opts.sample_every is None else opts.sample_every
+                if every and step % every == 0:
+                    examples = fetch(torch.arange(min(64, n)))
+                    write_sample_grid(out / "samples" / f"step-{step:07d}.png", config, ema, device, examples)
+            except OSError as e:
+                if e.errno not in DISK_FULL:
+                    raise
+                newest = written if written is not None else saved_step
+                kept = f"the checkpoint of step {newest} is intact" if newest is not None else "no checkpoint was written"
+                failure = NoisecraftError(f"disk full ({e.strerror}) while writing the step-{step} checkpoint in {out}; "
+                                          f"{kept}: free space, then run again with --resume")
+        if distributed.all_sum(ctx, torch.tensor([float(failure is not None)]))[0] > 0:
+            raise failure or NoisecraftError(f"rank 0 could not write the step-{step} checkpoint (see its error)")
+        saved_step = step
 
     start = time.monotonic()
     bar = tqdm(total=opts.max_steps, initial=step, disable=not progress, unit="step", dynamic_ncols=True)
-    seen, t_rate, losses = 0, time.monotonic(), []
-    out.mkdir(parents=True, exist_ok=True)
-    log_file = (out / "train_log.jsonl").open("a")
+    interval = new_interval(time.monotonic())
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    log_file = open_log(out / LOG_FILE) if ctx.is_main else None
+    writer = writer_class(str(out / "tensorboard")) if writer_class and ctx.is_main else None
     model.train()
-    while True:
-        if opts.max_steps is not None and step >= opts.max_steps:
-            break
-        if opts.max_minutes is not None and time.monotonic() - start >= 60 * opts.max_minutes:
-            break
-        if pos + opts.batch_size > n:                                   # drop the ragged tail, start a new epoch
-            epoch, pos = epoch + 1, 0
-            order = epoch_order(n, opts.seed, epoch)
-        idx = order[pos:pos + opts.batch_size].to(device)
-        pos += opts.batch_size
-        x0 = images[idx]
-        t = torch.randint(0, T, (len(idx),), generator=noise_gen).to(device)
-        noise = torch.randn(x0.shape, generator=noise_gen).to(device)
-        x_t = q_sample(model.schedule, x0, t, noise)                    # DDPM eq. 4
-        cond = {}
-        if labels is not None and opts.cond == "class":
-            y = labels[idx]
-            drop = torch.rand(len(idx), generator=noise_gen).to(device) < CFG_DROPOUT
-            cond["class_labels"] = torch.where(drop, torch.full_like(y, config.unet.num_classes), y)
-        if captions is not None:
-            states, masks, caption_index = captions
-            drop = torch.rand(len(idx), generator=noise_gen).to(device) < CFG_DROPOUT
-            c = torch.where(drop, torch.zeros_like(idx), caption_index[idx])        # row 0: the empty prompt
-            cond["context"], cond["context_mask"] = states[c], masks[c]
-        if opts.cond == "superres":
-            cond["low_res"] = box_down(x0, opts.sr_factor)                # SR3: learn p(x_0 | y), y = A x_0
-        loss = diffusion_loss(model(x_t, t.float(), **cond), x0, noise, alpha_bar[t], opts.prediction,
-                              opts.min_snr_gamma or None)
-        if not torch.isfinite(loss):
-            bar.close()
-            log_file.close()
-            kept = f"the last good checkpoint (step {good_step}) is kept in {out}" if good_step else "no checkpoint was written"
-            raise NoisecraftError(f"loss became {loss.item()} at step {step + 1}; {kept}: lower --lr or check the data")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), opts.grad_clip)
-        optimizer.step()
-        lr_scheduler.step()
-        step += 1
-        ema.update(model.net, step)
-        seen += len(idx)
-        losses.append(loss.item())
-        bar.update(1)
-        if step % 10 == 0:
-            now = time.monotonic()
-            record = {"step": step, "loss": sum(losses) / len(losses), "img_s": seen / max(now - t_rate, 1e-9),
-                      "lr": lr_scheduler.get_last_lr()[0], "minutes": (now - start) / 60}
-            log_file.write(json.dumps(record) + "\n")
-            log_file.flush()
-            bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['img_s']:.0f}")
-            seen, t_rate, losses = 0, now, []
-        if step % opts.checkpoint_every == 0:
+    try:
+        while opts.max_steps is None or step < opts.max_steps:
+            if pos + B > n:                                             # drop the ragged tail, start a new epoch
+                epoch, pos = epoch + 1, 0
+                order = epoch_order(n, opts.seed, epoch)
+            idx = order[pos:pos + B]                                    # (B,) the global batch
+            pos += B
+            # Drawn for the whole global batch in every process, then sliced: a sample's t and noise
+            # do not depend on the number of processes or micro-batches.
+            t = torch.randint(0, T, (B,), generator=noise_gen)
+            noise = torch.randn(shape, generator=noise_gen)              # (B, C, H, W)
+            drop = torch.rand(B, generator=noise_gen) < CFG_DROPOUT if opts.cond in ("class", "text") else None
+
+            optimizer.zero_grad(set_to_none=True)
+            loss_sum = torch.zeros((), dtype=torch.float64)
+            for j, part in enumerate(micro):
+                # DDP all-reduces gradients on the last micro-batch only; the earlier ones accumulate.
+                sync = j == len(micro) - 1 or W == 1
+                with contextlib.nullcontext() if sync else net.no_sync():
+                    rows = idx[part]
+                    x0 = fetch(rows)
+                    tt, eps = t[part].to(device), noise[part].to(device)
+                    x_t = q_sample(model.schedule, x0, tt, eps)            # DDPM eq. 4
+                    cond = {}
+                    if opts.cond == "class":
+                        y = labels[rows.to(device)]
+                        cond["class_labels"] = torch.where(drop[part].to(device), torch.full_like(y, config.unet.num_classes), y)
+                    if opts.cond == "text":
+                        states, masks, caption_index = captions
+                        c = torch.where(drop[part].to(device), 0, caption_index[rows.to(device)])  # row 0: the empty prompt
+                        cond["context"], cond["context_mask"] = states[c], masks[c]
+                    if opts.cond == "superres":
+                        cond["low_res"] = box_down(x0, opts.sr_factor)     # SR3: learn p(x_0 | y), y = A x_0
+                    loss = diffusion_loss(net(x_t, tt.float(), **cond), x0, eps, alpha_bar[tt], opts.prediction,
+                                          opts.min_snr_gamma or None)
+                    # A mean over the global batch: DDP averages over W processes, hence the factor W.
+                    (loss * (len(rows) * W / B)).backward()
+                loss_sum += loss.detach().double().cpu() * len(rows)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), opts.grad_clip)
+            time_up = ctx.is_main and opts.max_minutes is not None and time.monotonic() - start >= 60 * opts.max_minutes
+            total, stop_signal, stop_time = distributed.all_sum(
+                ctx, torch.stack([loss_sum, torch.tensor(float(max(signals, default=0)), dtype=torch.float64),
+                                  torch.tensor(float(time_up), dtype=torch.float64)])).tolist()
+            batch_loss = total / B
+            interval["batches"] += 1
+            if math.isfinite(batch_loss) and bool(torch.isfinite(grad_norm)):
+                optimizer.step()
+                lr_scheduler.step()
+                step += 1
+                ema.update(model.net, step)
+                bad_in_row = 0
+                interval["losses"].append(batch_loss)
+                bar.update(1)
+                if step % opts.log_every == 0 and ctx.is_main:
+                    interval = write_log(log_file, writer, interval, step=step, batch=B, lr=lr_scheduler.get_last_lr()[0],
+                                         minutes=(time.monotonic() - start) / 60, epoch=epoch, skipped_total=skipped,
+                                         processes=W)
+                    bar.set_postfix(loss=f"{interval['last']['loss']:.4f}", img_s=f"{interval['last']['img_s']:.0f}")
+                if step % opts.checkpoint_every == 0:
+                    checkpoint()
+            else:
+                optimizer.zero_grad(set_to_none=True)
+                skipped += 1
+                bad_in_row += 1
+                interval["skipped"] += 1
+                what = f"loss {batch_loss}" if not math.isfinite(batch_loss) else f"gradient norm {float(grad_norm)}"
+                log(f"warning: {what} after step {step}: batch skipped ({bad_in_row} in a row, {skipped} in all)")
+                if bad_in_row >= opts.max_bad_steps:
+                    kept = (f"the last good checkpoint (step {saved_step}) is kept in {out}" if saved_step is not None
+                            else "no checkpoint was written")
+                    raise NoisecraftError(f"{what} for {bad_in_row} batches in a row after step {step}; {kept}: "
+                                          "lower --lr or check the data")
+            if stop_signal:
+                if saved_step != step:
+                    checkpoint()
+                raise TrainingInterrupted(signals[0] if signals else signal.SIGTERM, step, out)
+            if stop_time:
+                break
+        if saved_step != step:
             checkpoint()
-            good_step = step
-    bar.close()
-    log_file.close()
-    if good_step != step:
-        checkpoint()
+    finally:
+        bar.close()
+        if log_file is not None:
+            log_file.close()
+        if writer is not None:
+            writer.close()
+        if not isinstance(images, torch.Tensor):
+            images.close()
     return out
+
+
+def open_log(path: Path):
+    """train_log.jsonl for appending; a last line cut short by a kill is dropped first, so the
+    resumed run's records start on a line of their own."""
+    if path.is_file():
+        with path.open("rb+") as f:
+            data = f.read()
+            if data and not data.endswith(b"\n"):
+                f.truncate(data.rfind(b"\n") + 1)
+    return path.open("a")
+
+
+def new_interval(t0: float) -> dict:
+    return {"batches": 0, "skipped": 0, "losses": [], "t0": t0}
+
+
+def write_log(log_file, writer, interval: dict, *, step: int, batch: int, **extra) -> dict:
+    """One train_log.jsonl record for the steps since the last one (mean loss, images and optimizer
+    steps per second, skipped batches), mirrored to TensorBoard; returns the next interval."""
+    now = time.monotonic()
+    elapsed = max(now - interval["t0"], 1e-9)
+    losses = interval["losses"]
+    record = {"step": step, "loss": sum(losses) / len(losses), "img_s": interval["batches"] * batch / elapsed,
+              "steps_s": len(losses) / elapsed, "skipped": interval["skipped"]} | extra
+    log_file.write(json.dumps(record) + "\n")
+    log_file.flush()
+    if writer is not None:
+        for key in ("loss", "img_s", "steps_s", "lr", "skipped"):
+            writer.add_scalar(f"train/{key}", record[key], step)
+    return new_interval(now) | {"last": record}
 
 
 def text_table(data, source: str):

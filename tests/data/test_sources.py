@@ -15,7 +15,7 @@ def _in_range(x):
 
 def test_registry_lists_the_builtin_sources():
     assert tuple(SOURCES) == ("digits", "fashion-mnist", "faces", "shapes", "emoji")
-    assert [name for name, _ in describe_sources()] == [*SOURCES, "DIR"]
+    assert [name for name, _ in describe_sources()] == [*SOURCES, "DIR", "SHARDS"]
 
 
 def test_digits_splits_are_a_fixed_stratified_holdout():

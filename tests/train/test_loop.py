@@ -6,6 +6,7 @@ from safetensors.torch import load_file
 
 from noisecraft import NoisecraftError, load_model
 from noisecraft.train import loop
+from noisecraft.train.checkpoint import list_checkpoints
 from noisecraft.train.loop import TrainOptions, train
 
 
@@ -19,6 +20,11 @@ def quiet_train(o):
     return train(o, log=lambda m: None, progress=False)
 
 
+def latest_state(out):
+    """The newest checkpoint's tensors."""
+    return load_file(str(list_checkpoints(out)[0]))
+
+
 def test_short_training_lowers_the_loss(tmp_path):
     out = quiet_train(opts(tmp_path, max_steps=150, batch_size=32, checkpoint_every=150))
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
@@ -30,7 +36,7 @@ def test_model_directory_loads_with_ema_weights(tmp_path):
     out = quiet_train(opts(tmp_path))
     assert {"config.json", "model.safetensors", "checkpoint", "train_log.jsonl"} <= {p.name for p in out.iterdir()}
     model = load_model(out)
-    state = load_file(str(out / "checkpoint" / "state.safetensors"))
+    state = latest_state(out)
     for k, v in model.net.state_dict().items():
         torch.testing.assert_close(v, state[f"ema.{k}"])
     assert model.config.data == "digits" and model.schedule.num_timesteps == 1000
@@ -41,9 +47,9 @@ def test_same_seed_same_weights_and_resume_is_exact(tmp_path):
     again = quiet_train(opts(tmp_path, "b", max_steps=20))
     quiet_train(opts(tmp_path, "c", max_steps=10))
     resumed = quiet_train(opts(tmp_path, "c", max_steps=20, resume=True))
-    ref = load_file(str(straight / "checkpoint" / "state.safetensors"))
+    ref = latest_state(straight)
     for other in (again, resumed):
-        got = load_file(str(other / "checkpoint" / "state.safetensors"))
+        got = latest_state(other)
         for k in ref:
             if k.startswith(("model.", "ema.", "optim.")):
                 assert torch.equal(ref[k], got[k]), k
@@ -63,21 +69,41 @@ def test_resume_with_changed_options_or_nothing_to_resume(tmp_path):
         quiet_train(opts(tmp_path, max_steps=4, batch_size=8, resume=True))
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    reference = quiet_train(opts(tmp_path, "ref", max_steps=10))
+def _nan_on_calls(monkeypatch, bad):
+    """Make diffusion_loss NaN on the given (1-based) calls."""
     real, calls = loop.diffusion_loss, []
 
-    def nan_after_12(*args, **kwargs):
+    def loss(*args, **kwargs):
         calls.append(1)
-        loss = real(*args, **kwargs)
-        return loss * float("nan") if len(calls) > 12 else loss
-    monkeypatch.setattr(loop, "diffusion_loss", nan_after_12)
-    with pytest.raises(NoisecraftError, match=r"loss became nan at step 13; the last good checkpoint \(step 10\) is kept"):
-        quiet_train(opts(tmp_path, max_steps=30))
+        value = real(*args, **kwargs)
+        return value * float("nan") if len(calls) in bad else value
+    monkeypatch.setattr(loop, "diffusion_loss", loss)
+
+
+def test_nan_batches_are_skipped_and_counted(tmp_path, monkeypatch):
+    _nan_on_calls(monkeypatch, {5, 6, 15})
+    out = quiet_train(opts(tmp_path, max_steps=20, log_every=10))
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["skipped"], r["skipped_total"]) for r in log] == [(10, 2, 2), (20, 1, 3)]
+    assert all(r["img_s"] > 0 and r["steps_s"] > 0 and r["loss"] == r["loss"] for r in log)
+    state = latest_state(out)
+    assert all(torch.isfinite(state[k]).all() for k in state if k.startswith(("model.", "ema.", "optim.")))
+    from safetensors import safe_open
+    with safe_open(str(list_checkpoints(out)[0]), "pt") as f:
+        progress = json.loads(f.metadata()["noisecraft"])["progress"]
+    assert progress["step"] == 20 and progress["skipped"] == 3 and progress["pos"] == 23 * 16
+
+
+def test_nan_loss_in_a_row_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    reference = quiet_train(opts(tmp_path, "ref", max_steps=10))
+    _nan_on_calls(monkeypatch, set(range(13, 100)))
+    with pytest.raises(NoisecraftError, match=r"loss nan for 3 batches in a row after step 12; the last good "
+                                              r"checkpoint \(step 10\) is kept"):
+        quiet_train(opts(tmp_path, max_steps=30, max_bad_steps=3))
     out = tmp_path / "run"
     assert (out / "model.safetensors").read_bytes() == (reference / "model.safetensors").read_bytes()
-    kept, clean = (load_file(str(d / "checkpoint" / "state.safetensors")) for d in (out, reference))
-    assert kept.keys() == clean.keys() and all(torch.equal(kept[k], clean[k]) for k in kept)  # a clean 10-step run
+    kept, clean = latest_state(out), latest_state(reference)
+    assert kept.keys() == clean.keys() and [k for k in kept if not torch.equal(kept[k], clean[k])] == []  # a clean 10-step run
     assert all(torch.isfinite(p).all() for p in load_model(out).parameters())
 
 
