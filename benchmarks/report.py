@@ -53,6 +53,7 @@ def main() -> None:
     sections += sampler_sections()
     sections += digits_10nfe_section()
     sections += conditional_sections()
+    sections += quality_section()
     DOCS.write_text("\n".join(sections))
     print(f"wrote {DOCS}")
     readme_summary()
@@ -188,6 +189,53 @@ def conditional_sections() -> list[str]:
                 f"Right: the first 64 held-out prompts at guidance {best} (prompts in the PNG's text).", ""]
     return out
 
+
+def quality_section() -> list[str]:
+    """Quality per CPU minute against the diffusers recipe (benchmarks/quality.py), with the FID curve."""
+    path = ROOT / "results" / "quality.json"
+    if not path.exists():
+        return []
+    r = json.loads(path.read_text())
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = [f"## Quality per CPU minute against the diffusers recipe ({r['data']})", "",
+           f"Command: `{r['command']}`. Both libraries train {r['minutes']:g} minutes on the same machine in one run "
+           f"(alternating {r['eval_every']:g}-minute segments), batch {r['batch_size']}; FID/KID/precision/recall on "
+           f"{r['feature_network']} features against the {r['reference']} (`noisecraft eval`'s metrics; FIDs compare "
+           f"with each other here, not with papers' Inception FIDs). torch {r['torch']}, diffusers {r['diffusers']}, "
+           f"{r['threads']} threads, {r['seconds']:.0f} s in all.", "",
+           "| library | parameters | training steps | sampler | n | FID | KID | precision | recall "
+           "| judge: confident / Frechet | sampling time (s) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for lib, f in r["final"].items():
+        for label, desc in r["samplers"][lib].items():
+            if label not in f:
+                continue
+            m = f[label]
+            judge = (f"{m['domain']['confident_fraction']:.1%} / {m['domain']['classifier_frechet']:.2f}"
+                     if "domain" in m else "-")
+            out.append(f"| {lib} | {f['params'] / 1e6:.2f} M | {f['steps']} | {desc} | {m['n_fake']} | **{m['fid']:.2f}** "
+                       f"| {m['kid']:.4f} ± {m['kid_std']:.4f} | {m['precision']:.3f} | {m['recall']:.3f} | {judge} "
+                       f"| {m['sampling_seconds']} |")
+    out += ["", f"FID ratio noisecraft / diffusers at 20 model calls after {r['minutes']:g} minutes: "
+            f"**{r['fid_ratio_20nfe']:.2f}**.", ""]
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for lib, points in r["curve"].items():
+        ax.plot([p["minutes"] for p in points], [p["fid"] for p in points], marker="o", label=lib)
+    ax.set(xlabel="training minutes (2 CPU cores shared by both runs in turn)", ylabel=f"FID at 20 calls, n={r['curve_n']}",
+           title=f"{r['data']}: FID against training time")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    images = ROOT.parent / "docs" / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    fig.savefig(images / "quality.png", dpi=110)
+    plt.close(fig)
+    out += ["![FID against training minutes](images/quality.png)", "",
+            " ".join(f"![{lib} 20 calls](../benchmarks/results/quality-{lib}-20nfe-grid.png)" for lib in r["final"]), "",
+            "Left: noisecraft, right: diffusers; 64 samples each at 20 model calls.", ""]
+    return out
 
 def readme_summary() -> None:
     """The README's short quality table, between its markers."""

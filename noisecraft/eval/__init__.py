@@ -1,1 +1,2 @@
-"""Evaluation: domain classifiers and sample-quality checks."""
+"""Evaluation: FID, KID and precision/recall on pretrained features (offline), domain classifiers, and
+sample-quality checks."""

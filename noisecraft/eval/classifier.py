@@ -55,3 +55,9 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: in
 @torch.no_grad()
 def predict_proba(net: nn.Module, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
     return torch.cat([net(images[i:i + batch_size]).softmax(1) for i in range(0, len(images), batch_size)])
+
+
+@torch.no_grad()
+def penultimate(net: SmallCNN, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """The pooled features before the classifier's last layer (N, 4 * width), float64."""
+    return torch.cat([net.features(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]).double()

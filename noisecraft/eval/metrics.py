@@ -1,8 +1,10 @@
-"""Sample-quality numbers that need no feature network: classifier confidence, class balance,
-and distance to the nearest training image (to show samples are not copies)."""
+"""Sample-quality numbers: classifier confidence, class balance, distance to the nearest training image
+(to show samples are not copies), and precision/recall of feature sets."""
 from __future__ import annotations
 
 import torch
+
+from noisecraft.errors import NoisecraftError
 
 
 def confident_fraction(probs: torch.Tensor, threshold: float = 0.9) -> float:
@@ -31,3 +33,33 @@ def nearest_distances(samples: torch.Tensor, reference: torch.Tensor, batch_size
         dists.append(v)
         idxs.append(j)
     return torch.cat(dists).float(), torch.cat(idxs)
+
+
+def knn_radii(features: torch.Tensor, k: int, batch_size: int = 1024) -> torch.Tensor:
+    """Distance from each feature vector (n, D) to its k-th nearest neighbour in the same set, itself excluded."""
+    radii = []
+    for i in range(0, len(features), batch_size):
+        d = torch.cdist(features[i:i + batch_size], features)                  # (b, n); the 0 to itself is first
+        radii.append(d.kthvalue(k + 1, dim=1).values)
+    return torch.cat(radii)
+
+
+def manifold_coverage(points: torch.Tensor, support: torch.Tensor, radii: torch.Tensor,
+                      batch_size: int = 1024) -> float:
+    """Share of `points` inside the union of balls B(support_j, radii_j): the mean of Kynkaenniemi et al.
+    (2019) eq. 1, f(phi, Phi) = 1 if ||phi - phi'|| <= ||phi' - NN_k(phi')|| for some phi' in Phi."""
+    inside = [(torch.cdist(points[i:i + batch_size], support) <= radii[None]).any(1)
+              for i in range(0, len(points), batch_size)]
+    return float(torch.cat(inside).double().mean())
+
+
+def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> tuple[float, float]:
+    """Improved precision and recall (Kynkaenniemi et al. 2019, eq. 2) of features fake (n_g, D) against real
+    (n_r, D): precision = share of fake samples on the real manifold (quality), recall = share of real samples
+    on the fake manifold (coverage); each manifold is the union of balls reaching every sample's k-th neighbour."""
+    if min(len(real), len(fake)) <= k:
+        raise NoisecraftError(f"precision/recall with k={k} needs more than {k} images in each set")
+    real, fake = real.double(), fake.double()
+    precision = manifold_coverage(fake, real, knn_radii(real, k))
+    recall = manifold_coverage(real, fake, knn_radii(fake, k))
+    return precision, recall
