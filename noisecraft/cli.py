@@ -27,17 +27,24 @@ def _check_seed(seed: int) -> int:
 
 @app.command()
 def train(
+    ctx: typer.Context,
     out: Path = typer.Option(..., help="Model directory to create (config.json, model.safetensors, checkpoint/)."),
-    data: str = typer.Option("digits", help="digits | fashion-mnist | faces | an image folder."),
+    data: str = typer.Option("digits", help="digits | fashion-mnist | faces | shapes | emoji | an image folder | "
+                                            "tar shards (shards-{000000..000009}.tar, or a folder of .tar files)."),
     preset: str = typer.Option("tiny", help="UNet preset: tiny | small | base."),
     model: str = typer.Option("diffusion", help="Model family."),
-    batch_size: int = typer.Option(32, help="Global batch size."),
+    batch_size: int = typer.Option(32, help="Global batch size: the same whatever the number of processes."),
+    grad_accum: int = typer.Option(1, help="Split each process's share of the batch into N micro-batches "
+                                           "(for a global batch larger than memory)."),
     lr: float = typer.Option(2e-3, help="Peak AdamW learning rate."),
     max_steps: Optional[int] = typer.Option(None, help="Stop after this many optimizer steps in total."),
     max_minutes: Optional[float] = typer.Option(None, help="Stop after this many minutes of this run."),
     checkpoint_every: int = typer.Option(500, help="Write the model and a resumable checkpoint every N steps."),
+    keep_checkpoints: int = typer.Option(3, help="Keep the newest K checkpoints in checkpoint/."),
     sample_every: Optional[int] = typer.Option(None, help="Write a sample grid every N steps (default: at checkpoints; 0: never)."),
-    resume: bool = typer.Option(False, help="Continue the run in --out from its checkpoint."),
+    log_every: int = typer.Option(10, help="Append a train_log.jsonl record every N steps."),
+    max_bad_steps: int = typer.Option(5, help="Stop after N batches in a row with a NaN/inf loss (each is skipped)."),
+    resume: bool = typer.Option(False, help="Continue the run in --out from its newest readable checkpoint."),
     seed: int = typer.Option(0, help="Same seed and options give the same weights on CPU."),
     cond: str = typer.Option("none", help="none | class | text (captions through a frozen text encoder) | superres "
                                            "(SR3: learn to upsample box-averaged images by --sr-factor)."),
@@ -46,20 +53,91 @@ def train(
     schedule: str = typer.Option("linear", help="Noise schedule: linear | cosine."),
     min_snr_gamma: float = typer.Option(5.0, help="Min-SNR-gamma loss weighting (Hang et al. 2023); 0 turns it off."),
     ema_decay: float = typer.Option(0.999, help="EMA decay of the weights used for sampling."),
+    tensorboard: bool = typer.Option(False, help="Also log to OUT/tensorboard (needs the tensorboard package)."),
+    nproc: int = typer.Option(1, help="Processes on this machine (one per GPU, or CPU processes with gloo): "
+                                      "launches torchrun. Several machines: run torchrun yourself (docs/training.md)."),
     device: str = DEVICE,
     quiet: bool = QUIET,
 ):
-    """Train a denoising model on a data source."""
-    from noisecraft.device import resolve_device
-    from noisecraft.train.loop import TrainOptions, train as run
+    """Train a denoising model on a data source. Exit code 130/143 after SIGINT/SIGTERM (a checkpoint
+    was written; continue with --resume)."""
+    import os
 
-    opts = TrainOptions(data=data, out=str(out), preset=preset, model=model, batch_size=batch_size, lr=lr,
-                        max_steps=max_steps, max_minutes=max_minutes, checkpoint_every=checkpoint_every,
-                        sample_every=sample_every, resume=resume, seed=_check_seed(seed), cond=cond, sr_factor=sr_factor,
-                        prediction=prediction, schedule=schedule, min_snr_gamma=min_snr_gamma, ema_decay=ema_decay,
+    from noisecraft.device import resolve_device
+    from noisecraft.train.loop import TrainOptions, TrainingInterrupted, train as run
+
+    if nproc < 1:
+        raise NoisecraftError(f"--nproc must be at least 1, got {nproc}")
+    if nproc > 1:
+        if "WORLD_SIZE" in os.environ:
+            raise NoisecraftError("--nproc starts torchrun itself: drop it when running under torchrun")
+        raise typer.Exit(_launch_torchrun(ctx, nproc))
+    opts = TrainOptions(data=data, out=str(out), preset=preset, model=model, batch_size=batch_size,
+                        grad_accum=grad_accum, lr=lr, max_steps=max_steps, max_minutes=max_minutes,
+                        checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, sample_every=sample_every,
+                        log_every=log_every, max_bad_steps=max_bad_steps, resume=resume, seed=_check_seed(seed),
+                        cond=cond, sr_factor=sr_factor, prediction=prediction, schedule=schedule,
+                        min_snr_gamma=min_snr_gamma, ema_decay=ema_decay, tensorboard=tensorboard,
                         device=str(resolve_device(device)))
-    path = run(opts, log=lambda msg: typer.echo(msg, err=True), progress=not quiet)
-    typer.echo(f"model written to {path}")
+    try:
+        path = run(opts, log=lambda msg: typer.echo(msg, err=True), progress=not quiet)
+    except TrainingInterrupted as e:
+        if os.environ.get("RANK", "0") == "0":
+            typer.echo(f"interrupted: {e}", err=True)
+        raise typer.Exit(128 + e.signum) from None
+    if os.environ.get("RANK", "0") == "0":                  # under torchrun, one line for the whole job
+        typer.echo(f"model written to {path}")
+
+
+def _launch_torchrun(ctx: typer.Context, nproc: int) -> int:
+    """Run this same `train` command under torchrun with `nproc` processes; its exit code. The options
+    given on the command line are passed on (all but --nproc); SIGTERM is passed to torchrun, which
+    passes it to the workers (Ctrl-C reaches them directly, as one process group)."""
+    import signal
+    import subprocess
+
+    from noisecraft.train.distributed import torchrun_command
+
+    args: list[str] = []
+    for param in ctx.command.params:
+        if param.name == "nproc" or ctx.get_parameter_source(param.name).name == "DEFAULT":
+            continue
+        value = ctx.params[param.name]
+        if getattr(param, "is_flag", False):
+            args.append(param.opts[0] if value else param.secondary_opts[0])
+        else:
+            args += [param.opts[0], str(value)]
+    child = subprocess.Popen(torchrun_command(nproc, args))
+    received: list[int] = []
+
+    def forward(signum, frame):
+        received.append(signum)
+        child.send_signal(signum)
+    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, forward),
+                signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN)}
+    try:
+        code = child.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    # torchrun reports its own termination as a failure (1); the workers checkpointed and exited 143.
+    return 128 + received[0] if received else code
+
+
+@app.command("plot-log")
+def plot_log(
+    run_dir: Path = typer.Argument(..., help="A training run's --out folder (it holds train_log.jsonl)."),
+    out: Optional[Path] = typer.Option(None, help="PNG to write (default: RUN_DIR/train_log.png)."),
+):
+    """Draw a training run's loss and throughput curves from its train_log.jsonl."""
+    from noisecraft.io import atomic_write_bytes
+    from noisecraft.train.metrics import log_figure, read_log
+    from noisecraft.viz import figure_png
+
+    records = read_log(run_dir)
+    target = out or run_dir / "train_log.png"
+    atomic_write_bytes(target, figure_png(log_figure(records, title=str(run_dir))))
+    typer.echo(f"{len(records)} records, steps {records[0]['step']}..{records[-1]['step']}: plot written to {target}")
 
 
 @app.command()
@@ -270,7 +348,11 @@ def export(
     if format_ != "diffusers":
         raise NoisecraftError(f"unknown --format {format_!r}: use diffusers")
     path = export_diffusers(model, out)
-    typer.echo(f"diffusers pipeline written to {path}: load it with diffusers.DDPMPipeline.from_pretrained({str(path)!r})")
+    if (path / "pipeline.py").is_file():
+        typer.echo(f"diffusers pipeline written to {path}: load it with diffusers.DiffusionPipeline.from_pretrained("
+                   f"{str(path)!r}, custom_pipeline={str(path)!r}, trust_remote_code=True) and pass class_labels")
+    else:
+        typer.echo(f"diffusers pipeline written to {path}: load it with diffusers.DDPMPipeline.from_pretrained({str(path)!r})")
 
 
 IMAGE = typer.Option(..., help="An image file, or a folder of images (processed in sorted order, outputs numbered so).")
@@ -307,34 +389,22 @@ def _run_task(run, net, images, out: Path, *, model: str, seed: int, batch_size:
     index of the batch's first image; batch None when there are no input images, only `n` to make), then write
     the PNGs (with metadata, seed SEED+i, and the input file's name when there is one) and the grid; nothing is
     written until every batch is done."""
-    import torch
     from tqdm import tqdm
 
-    from noisecraft.guidance import condition
     from noisecraft.io import save_png
-    from noisecraft.version import __version__
+    from noisecraft.tasks.batches import run_batches, task_condition
     from noisecraft.viz import make_grid, to_pil
 
     _check_seed(seed)
     if batch_size < 1:
         raise NoisecraftError("--batch-size must be at least 1")
     n = len(images) if images is not None else n
-    c = condition(net, n, class_, prompt, negative_prompt)
-    guidance = (net.config.guidance if guidance is None else guidance) if c.label is not None else 1.0
-    meta = {"model": model, **meta, "guidance": guidance, "class": c.label, "prompt": prompt,
-            "negative_prompt": negative_prompt, "noisecraft": __version__}
-    meta = {k: v for k, v in meta.items() if v is not None}
+    tc = task_condition(net, n, class_, prompt, negative_prompt, guidance)
+    meta = tc.metadata(model, meta)
     bar = tqdm(total=-(-n // batch_size) * calls_per_batch, disable=quiet, unit="step", dynamic_ncols=True)
-    results = []
-    for start in range(0, n, batch_size):
-        b = min(batch_size, n - start)
-        gens = [torch.Generator().manual_seed(seed + start + i) for i in range(b)]
-        cond = {k: v[start:start + b].to(device) for k, v in c.cond.items()}
-        negative = None if c.negative is None else {k: v[start:start + b].to(device) for k, v in c.negative.items()}
-        batch = images[start:start + b].to(device) if images is not None else None
-        results.append(run(start, batch, gens, cond, negative, guidance, lambda *_: bar.update(1)).cpu())
+    x = run_batches(run, images, range(seed, seed + n), tc, batch_size=batch_size, device=device,
+                    callback=lambda *_: bar.update(1))
     bar.close()
-    x = torch.cat(results)
     out.mkdir(parents=True, exist_ok=True)
     for i in range(n):
         save_png(out / f"{i:04d}.png", to_pil(x[i]), meta | {"seed": seed + i} | ({"input": files[i].name} if files else {}))
@@ -443,9 +513,12 @@ def inpaint(
     mask: Optional[Path] = typer.Option(None, help="Mask image of the input's size: white = fill, black = keep."),
     box: Optional[str] = typer.Option(None, help="Region to fill instead of --mask: x0,y0,x1,y1 in input pixels "
                                                  "(x1, y1 exclusive)."),
-    steps: int = typer.Option(250, help="Reverse steps (respaced from the schedule's T)."),
+    steps: int = typer.Option(100, help="Reverse steps (respaced from the schedule's T)."),
     jump: int = typer.Option(10, help="RePaint jump length: steps between resamplings."),
-    resample: int = typer.Option(10, help="RePaint resamplings of each jump (1 = plain replacement)."),
+    resample: int = typer.Option(1, help="RePaint resamplings of each jump (1: none; the paper's 250 steps, jump 10 "
+                                         "and 10 resamplings cost 2,300 model calls)."),
+    reconstruction: float = typer.Option(50.0, help="Reconstruction guidance weight w_r (Ho et al. 2022): pulls the "
+                                                    "fill towards agreement with the kept pixels; 0 = replacement only."),
     seed: int = TASK_SEED,
     class_: Optional[str] = TASK_CLASS,
     prompt: Optional[str] = TASK_PROMPT,
@@ -455,14 +528,16 @@ def inpaint(
     device: str = DEVICE,
     quiet: bool = QUIET,
 ):
-    """Inpaint with RePaint: fill the white region of --mask (or --box) and keep every other pixel."""
+    """Inpaint: fill the white region of --mask (or --box) and keep every other pixel (RePaint's replacement with
+    reconstruction guidance, optionally RePaint's resampling)."""
     import torch
 
     from noisecraft.device import resolve_device
     from noisecraft.models import load_model
     from noisecraft.tasks.images import box_mask, read_mask, to_model_mask
-    from noisecraft.tasks.inpaint import inpaint as run_inpaint, model_calls
+    from noisecraft.tasks.inpaint import check_reconstruction, inpaint as run_inpaint, model_calls
 
+    check_reconstruction(reconstruction)
     if (mask is None) == (box is None):
         raise NoisecraftError("give the region to fill as --mask M.png or as --box x0,y0,x1,y1 (one of them)")
     calls = model_calls(steps, jump, resample)
@@ -475,12 +550,113 @@ def inpaint(
                          for p in pils])                                                     # (N, 1, H, W)
     images = _to_model(files, pils, net.config.unet.in_channels, size)
     run = lambda start, x, gens, cond, negative, g, callback: run_inpaint(
-        net, x, masks[start:start + len(x)].to(x.device), steps=steps, jump=jump, resample=resample, generator=gens, cond=cond,
+        net, x, masks[start:start + len(x)].to(x.device), steps=steps, jump=jump, resample=resample, reconstruction=reconstruction, generator=gens, cond=cond,
         guidance_scale=g, negative_cond=negative, callback=callback)
     _run_task(run, net, images, out, model=model, seed=seed, batch_size=batch_size, class_=class_, prompt=prompt,
               negative_prompt=negative_prompt, guidance=guidance, calls_per_batch=calls, quiet=quiet, device=dev,
               files=files, meta={"task": "inpaint", "mask": str(mask) if mask is not None else None, "box": box,
-                                 "sampler": "repaint", "steps": steps, "jump": jump, "resample": resample})
+                                 "sampler": "repaint", "steps": steps, "jump": jump, "resample": resample,
+                                 "reconstruction": reconstruction})
+
+
+@app.command("eval")
+def eval_(
+    data: str = typer.Option(..., help="The real data to compare with: digits | fashion-mnist | faces | shapes | a folder."),
+    images: Optional[Path] = typer.Option(None, help="Folder of generated images (e.g. `noisecraft sample --out`)."),
+    model: Optional[str] = typer.Option(None, help="Instead of --images: sample --n images from this model and "
+                                                   "evaluate them (nothing is written)."),
+    n: Optional[int] = typer.Option(None, help="Images from each side (default: all in --images; 1000 with --model)."),
+    split: str = typer.Option("train", help="Split of --data to compare with: train | test | all."),
+    size: Optional[int] = typer.Option(None, help="Resize every image to SIZE x SIZE (needed when their sizes differ)."),
+    inception_weights: Optional[Path] = typer.Option(None, help="pt_inception-2015-12-05-6726825d.pth: FID on the "
+                                                                "standard Inception features, comparable with papers."),
+    sampler: str = typer.Option("auto", help="With --model: the sampler (default: the best measured for --steps)."),
+    steps: Optional[int] = typer.Option(None, help="With --model: solver steps (default: the sampler's own)."),
+    seed: int = typer.Option(0, help="With --model: image i uses seed SEED+i."),
+    batch_size: int = typer.Option(100, help="With --model: images per sampling batch."),
+    domain: bool = typer.Option(True, help="Also judge digits / Fashion-MNIST images with a classifier trained on the "
+                                           "real data."),
+    device: str = DEVICE,
+    quiet: bool = QUIET,
+):
+    """Measure generated images against real data: prints one JSON object (fid, kid, kid_std, precision, recall,
+    n, feature_network, ...) on stdout."""
+    import json
+
+    import torch
+    from tqdm import tqdm
+
+    from noisecraft.device import resolve_device
+    from noisecraft.eval.features import feature_net
+    from noisecraft.eval.fid import evaluate, read_images
+
+    _check_seed(seed)
+    if (images is None) == (model is None):
+        raise NoisecraftError("give the images to evaluate as --images DIR or --model M (one of them)")
+    if (n is not None and n < 1) or batch_size < 1 or (size is not None and size < 1):
+        raise NoisecraftError("--n, --batch-size and --size must be at least 1")
+    dev = resolve_device(device)
+    net = feature_net(inception_weights, dev)
+    if model is not None:
+        from noisecraft.models import load_model
+        from noisecraft.samplers import plan, sample as run_sampler
+
+        gen_model = load_model(model, device=dev)
+        count = 1000 if n is None else n
+        p = plan(gen_model, gen_model.schedule, sampler, steps)
+        bar = tqdm(total=-(-count // batch_size) * p.steps, disable=quiet, unit="step", desc="sampling", dynamic_ncols=True)
+        batches = []
+        for start in range(0, count, batch_size):
+            gens = [torch.Generator().manual_seed(seed + start + i) for i in range(min(batch_size, count - start))]
+            batches.append(run_sampler(gen_model, (len(gens), *gen_model.config.image_shape), sampler=sampler,
+                                       steps=steps, generator=gens, callback=lambda *_: bar.update(1)).cpu())
+        bar.close()
+        x = torch.cat(batches)
+        if size is not None:
+            from noisecraft.data.transforms import convert_tensor
+
+            x = convert_tensor(x, size, None)
+    else:
+        x = read_images(images, size)
+    bar = tqdm(total=0, disable=quiet, unit="img", desc="features", dynamic_ncols=True)
+
+    def grow(k: int) -> None:
+        bar.total += k
+        bar.refresh()
+
+    result = evaluate(x, data, net, split=split, n=n, domain=domain, progress=bar.update, on_total=grow,
+                      log=lambda msg: tqdm.write(msg, file=sys.stderr))
+    bar.close()
+    for note in result["warnings"]:
+        typer.echo(f"warning: {note}", err=True)
+    typer.echo(json.dumps({"source": str(images) if images is not None else model, **result}))
+
+@app.command()
+def serve(
+    model: list[str] = typer.Option(["digits"], help="A shipped model name, a model directory or a diffusers folder; "
+                                                     "repeat to serve several (the first is the default)."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on; beyond loopback an API key is required."),
+    port: int = typer.Option(8080, help="Port (inside Vertex AI, AIP_HTTP_PORT wins and the host is 0.0.0.0)."),
+    api_key: Optional[str] = typer.Option(None, help="Require 'Authorization: Bearer KEY' (default: $NOISECRAFT_API_KEY)."),
+    workers: int = typer.Option(1, help="Requests run at once (each uses every core through torch)."),
+    queue_size: int = typer.Option(32, help="Requests that may wait; more are answered 503."),
+    timeout: float = typer.Option(120.0, help="Seconds a request may take, waiting included; then 504."),
+    max_steps: int = typer.Option(250, help="Largest number of steps a request may ask for."),
+    max_batch: int = typer.Option(8, help="Most images per request."),
+    ui: bool = typer.Option(True, help="Serve the web UI at /ui."),
+    device: str = DEVICE,
+):
+    """Serve models over HTTP: a web UI at /ui, a REST API under /v1 (docs at /docs) and Vertex AI's
+    /health and /predict routes."""
+    from noisecraft.device import resolve_device
+    from noisecraft.server import Limits, Settings, serve as run_server
+
+    limits = Limits(max_steps=max_steps, max_batch=max_batch)
+    if max_steps < 1 or max_batch < 1:
+        raise NoisecraftError("--max-steps and --max-batch must be at least 1")
+    settings = Settings(limits=limits, workers=workers, queue_size=queue_size, timeout_s=timeout,
+                        device=str(resolve_device(device)))
+    run_server(model, host=host, port=port, api_key=api_key, settings=settings, ui=ui)
 
 
 def _warn(message, category, filename, lineno, file=None, line=None) -> None:

@@ -283,6 +283,7 @@ def test_edit_at_strength_zero_returns_the_input_pixels(tiny_model_dir, tmp_path
     (["inpaint", "--box", "0,0,17,4"], "does not fit a 16x16 image"),
     (["inpaint", "--box", "0,0"], "four whole numbers"),
     (["inpaint"], "give the region to fill"),
+    (["inpaint", "--box", "0,0,8,8", "--reconstruction", "-1"], "weight must be a number >= 0"),
     (["inpaint", "--mask", "SMALLMASK"], "the mask is 8x8 but the image is 16x16"),
     (["inpaint", "--mask", "BLACKMASK"], "selects no pixels"),
     (["upscale", "--factor", 3], "--factor must be >= 2 and divide"),
