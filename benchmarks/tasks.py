@@ -1,17 +1,19 @@
-"""Image-to-image tasks on held-out digits, judged against the ground truth and by a classifier
-trained on the real digits (the acceptance numbers of issue 6 that need no extra model).
+"""Image-to-image tasks on held-out digits (or Fashion-MNIST), judged against the ground truth and by a classifier
+trained on the real train split (the acceptance numbers of issue 6).
 
     python benchmarks/tasks.py sr --n 100 [--factors 2,4] [--configs project:ddim:50,project:ddpm:100,ilvr:ddpm:100]
+    python benchmarks/tasks.py sr --data fashion-mnist --model fashion-sr --n 500 --factors 4 --tag fashion \
+        --configs none:ddpm:100,project:ddpm:100,project:ddpm:100@fashion
     python benchmarks/tasks.py inpaint --n 300 [--inpaint-configs 50:100:10:1,0:100:10:1,0:250:10:10]
     python benchmarks/tasks.py edit --n 100 [--strengths 0,0.2,0.4,0.6,0.8,1]
 
-sr: PSNR of box-downsampled output vs the low-res input (consistency) and PSNR / SSIM vs the 16x16
+sr: PSNR of box-downsampled output vs the low-res input (consistency) and PSNR / SSIM vs the
 ground truth, beside bicubic upsampling, and the classifier's accuracy on each.
 inpaint: the right half of each digit masked; the classifier's accuracy on the fills of each configuration
 (reconstruction weight : steps : jump : resample) beside a random fill (uniform noise), and the unmasked
 pixels' largest change (must be <= 1/255).
 edit: distance to the input and classifier confidence in the input's class against strength.
-Results go to benchmarks/results/tasks-{sr,inpaint,edit}.json.
+Results go to benchmarks/results/tasks-{sr,inpaint,edit}[-TAG].json.
 """
 from __future__ import annotations
 
@@ -25,7 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from noisecraft import edit, inpaint, load_model, upscale
-from noisecraft.eval.classifier import predict_proba
+from noisecraft.data import load_dataset
+from noisecraft.eval.classifier import predict_proba, train_classifier
 from noisecraft.io import atomic_write_json
 from noisecraft.tasks.common import box_down
 from noisecraft.tasks.inpaint import model_calls
@@ -67,19 +70,22 @@ def batched(fn, x: torch.Tensor, batch_size: int, **kw) -> torch.Tensor:
 
 def run_sr(model, test, clf, args) -> dict:
     gt, labels, size = test.images[:args.n], test.labels[:args.n], model.config.unet.image_size
+    models = {args.model: model}
     rows = []
     for f in (int(v) for v in args.factors.split(",")):
         y = box_down(gt, f)
         bicubic = F.interpolate(y, size=(size, size), mode="bicubic", align_corners=False).clamp(-1, 1)
-        candidates = [("bicubic", None, 0, bicubic, 0.0)]
+        candidates = [(None, "bicubic", None, 0, bicubic, 0.0)]
         for spec in args.configs.split(","):
+            spec, _, name = spec.partition("@")                    # method:sampler:steps[@another model]
             method, sampler, steps = spec.split(":")
+            net = models.setdefault(name or args.model, load_model(name) if name else model)
             t0 = time.time()
-            x = batched(lambda b, **kw: upscale(model, b, f, method=method, sampler=sampler, steps=int(steps), **kw),
+            x = batched(lambda b, **kw: upscale(net, b, f, method=method, sampler=sampler, steps=int(steps), **kw),
                         y, args.batch_size)
-            candidates.append((method, sampler, int(steps), x, time.time() - t0))
-        for method, sampler, steps, x, seconds in candidates:
-            row = {"factor": f, "method": method, "sampler": sampler, "steps": steps,
+            candidates.append((name or args.model, method, sampler, int(steps), x, time.time() - t0))
+        for name, method, sampler, steps, x, seconds in candidates:
+            row = {"factor": f, "model": name, "method": method, "sampler": sampler, "steps": steps,
                    "consistency_psnr": psnr(box_down(x.clamp(-1, 1), f), y) if method != "bicubic"
                    else psnr(box_down(x, f), y),
                    "psnr": psnr(x, gt), "ssim": ssim(x.clamp(-1, 1), gt), "accuracy": accuracy(clf, x, labels),
@@ -87,6 +93,17 @@ def run_sr(model, test, clf, args) -> dict:
             rows.append(row)
             print(json.dumps(row), flush=True)
     return {"ground_truth_accuracy": accuracy(clf, gt, labels), "rows": rows}
+
+
+def judge(model, source: str):
+    """Train and test splits at the model's size and a CNN trained on the train split: for digits the one every
+    digits benchmark uses, for Fashion-MNIST the one of class_adherence.py (8 epochs)."""
+    if source == "digits":
+        return digits_judge(model)
+    c, size = model.config.unet.in_channels, model.config.unet.image_size
+    train = load_dataset(source, image_size=size, channels=c, split="train")
+    test = load_dataset(source, image_size=size, channels=c, split="test")
+    return train, test, train_classifier(train.images, train.labels, len(train.class_names), epochs=8, seed=0)
 
 
 def run_inpaint(model, test, clf, args) -> dict:
@@ -148,6 +165,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("task", choices=["sr", "inpaint", "edit"])
     ap.add_argument("--model", default="digits")
+    ap.add_argument("--data", default="digits", help="digits | fashion-mnist: the held-out images and the judge")
+    ap.add_argument("--tag", default="", help="results go to tasks-TASK[-TAG].json")
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--batch-size", type=int, default=100)
     ap.add_argument("--factors", default="2,4")
@@ -158,11 +177,12 @@ def main() -> None:
     args = ap.parse_args()
 
     model = load_model(args.model)
-    train, test, clf = digits_judge(model)
+    train, test, clf = judge(model, args.data)
     result = {"task": args.task, "model": args.model, "n": args.n, "torch": torch.__version__,
               "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine()}
     result |= {"sr": run_sr, "inpaint": run_inpaint, "edit": run_edit}[args.task](model, test, clf, args)
-    path = atomic_write_json(RESULTS / f"tasks-{args.task}.json", result)
+    result["data"], result["classifier_test_accuracy"] = args.data, accuracy(clf, test.images, test.labels)
+    path = atomic_write_json(RESULTS / f"tasks-{args.task}{'-' + args.tag if args.tag else ''}.json", result)
     if args.task == "edit":
         plot_edit(result, RESULTS / "tasks-edit.png")
     print(json.dumps({k: v for k, v in result.items() if k != "rows"}))

@@ -10,7 +10,11 @@ diffusers UNet2DModel built with resnet_time_scale_shift="scale_shift" (adaptive
 [cos, sin] positional time embedding (flip_sin_to_cos), GroupNorm eps 1e-6 in every block (attention
 included), Attn*Block2D at the attention resolutions and a res-attn-res mid block; the weights are only
 renamed, and the fused 1x1-conv qkv of our attention is split into diffusers' to_q/to_k/to_v linears.
-Writing the folder needs no diffusers.
+A class-conditional model maps too (num_class_embeds, its last row the "no class" token); its folder also
+gets `pipeline.py` (noisecraft/interop_pipeline.py: class labels and classifier-free guidance, loaded with
+`DiffusionPipeline.from_pretrained(DIR, custom_pipeline=DIR, trust_remote_code=True)`) and `noisecraft.json` (class names, the null
+class, the default guidance), which bring the names back when noisecraft loads the folder. Writing the folder
+needs no diffusers.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import math
 import os
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -34,6 +39,7 @@ from noisecraft.nets.layers import AttentionBlock
 from noisecraft.samplers.tuning import read_coefficients, read_grids
 
 PIPELINE_INDEX, UNET_WEIGHTS, SCHEDULER_CONFIG = "model_index.json", "diffusion_pytorch_model.safetensors", "scheduler_config.json"
+CLASSES_FILE, PIPELINE_FILE = "noisecraft.json", "pipeline.py"   # written beside a class-conditional export
 # The config format written by export: the oldest diffusers that noisecraft's tests support (pyproject.toml).
 DIFFUSERS_FORMAT = "0.30.0"
 # Blocks a UNet2DModel runs from (x_t, t) alone: no cross-attention, no encoder-only blocks.
@@ -57,21 +63,37 @@ def diffusers_kind(path: Path) -> str | None:
 
 class DiffusersUNet(nn.Module):
     """A diffusers UNet2DModel behind the model protocol of DESIGN.md §2, with the schedule and
-    prediction type of its scheduler config. Unconditional."""
+    prediction type of its scheduler config. Unconditional, or class-conditional (num_class_embeds): then
+    `null_class` is the embedding row that means "no class" (guidance's second branch), None if it has none."""
 
-    def __init__(self, unet: nn.Module, schedule: NoiseSchedule, prediction: str, config: ModelConfig):
+    def __init__(self, unet: nn.Module, schedule: NoiseSchedule, prediction: str, config: ModelConfig,
+                 null_class: int | None = None):
         super().__init__()
         self.unet = unet
         self.schedule = schedule
         self.prediction = prediction
         self.config = config
+        self.null_class = null_class
         self.grids: dict = {}
         self.coefficients: dict = {}
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, **cond) -> torch.Tensor:
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None,
+                **cond) -> torch.Tensor:
         if cond:
-            raise NoisecraftError(f"this diffusers UNet is unconditional: it takes no {', '.join(sorted(cond))}")
-        return self.unet(x_t, t, return_dict=False)[0]
+            raise NoisecraftError(f"this diffusers UNet takes no {', '.join(sorted(cond))}")
+        if class_labels is not None and self.config.cond != "class":
+            raise NoisecraftError("this diffusers UNet is unconditional: it takes no class")
+        if class_labels is None and self.config.cond == "class":
+            if self.null_class is None:
+                raise NoisecraftError("this diffusers UNet is class-conditional with no 'no class' embedding: give a class")
+            class_labels = torch.full((x_t.shape[0],), self.null_class, device=x_t.device)
+        return self.unet(x_t, t, class_labels=class_labels, return_dict=False)[0]
+
+    def null_cond(self, cond: dict) -> dict:
+        if self.null_class is None or "class_labels" not in cond:
+            raise NoisecraftError("this diffusers UNet has no unconditional mode (no 'no class' embedding), so "
+                                  "guidance cannot be used: set guidance to 1")
+        return {"class_labels": torch.full_like(cond["class_labels"], self.null_class)}
 
 
 def load_diffusers(path: str | Path) -> DiffusersUNet:
@@ -85,11 +107,30 @@ def load_diffusers(path: str | Path) -> DiffusersUNet:
     unet = _load_unet(unet_dir)
     params = sum(p.numel() for p in unet.parameters())
     source = f"{path}" + ("" if scheduler_path else " (no scheduler config: DDPMScheduler defaults)")
-    config = ModelConfig(unet=_describe(unet_config, size), schedule=schedule.config, prediction=prediction,
+    embeds = unet_config.get("num_class_embeds")
+    classes = _read_classes(path, embeds) if embeds else {}
+    null = classes.get("null_class")
+    num_classes = (null if null is not None else embeds) or 0
+    config = ModelConfig(unet=replace(_describe(unet_config, size), num_classes=num_classes), schedule=schedule.config,
+                         prediction=prediction, cond="class" if embeds else "none",
+                         class_names=classes.get("class_names") or ([str(i) for i in range(num_classes)] or None),
+                         guidance=classes.get("guidance", 1.0),
                          description=f"diffusers {unet_config['_class_name']} ({params / 1e6:.1f}M params) from {source}")
-    model = DiffusersUNet(unet, schedule, prediction, config)
+    model = DiffusersUNet(unet, schedule, prediction, config, null)
     model.grids, model.coefficients = read_grids(path), read_coefficients(path)   # `noisecraft tune` works here too
     return model.eval()
+
+
+def _read_classes(path: Path, embeds: int) -> dict:
+    """What noisecraft.json (written by export) says of a class-conditional folder; {} when there is none."""
+    data = _read_json(path / CLASSES_FILE, must_exist=False)
+    if data is None:
+        return {}
+    null, names = data.get("null_class") if isinstance(data, dict) else None, data.get("class_names")
+    if null != embeds - 1 or not isinstance(names, list) or len(names) != null:
+        raise NoisecraftError(f"{path / CLASSES_FILE} does not fit the UNet's {embeds} class embeddings (it needs "
+                              f"null_class {embeds - 1} and {embeds - 1} class_names): re-export the model")
+    return data
 
 
 def _locate(path: Path) -> tuple[Path, Path | None]:
@@ -131,9 +172,9 @@ def _check_unet(config: dict, where: Path) -> int:
     if embedding != "positional":
         raise NoisecraftError(f"{where}: time_embedding_type {embedding!r} is not supported: noisecraft's samplers call "
                               "the model at fractional timesteps in [0, T-1], which needs the positional embedding")
-    if config.get("num_class_embeds") is not None or config.get("class_embed_type") is not None:
-        raise NoisecraftError(f"{where}: class-conditional UNet2DModel models are not supported yet: "
-                              "noisecraft runs unconditional diffusers UNets")
+    if config.get("class_embed_type") is not None:
+        raise NoisecraftError(f"{where}: class_embed_type {config['class_embed_type']!r} is not supported: noisecraft "
+                              "runs unconditional UNet2DModels and class-conditional ones with num_class_embeds")
     if config.get("in_channels", 3) not in (1, 3):
         raise NoisecraftError(f"{where}: in_channels is {config['in_channels']}: noisecraft draws grey (1) or RGB (3) "
                               "images (a latent UNet needs its VAE, which noisecraft does not run)")
@@ -209,11 +250,11 @@ def diffusers_unet_config(net: nn.Module) -> dict:
     """The UNet2DModel config that reproduces a noisecraft UNet exactly, or a NoisecraftError saying why none does."""
     cfg: UNetConfig = net.config
     if cfg.low_res_channels:
-        raise NoisecraftError("super-resolution models do not export to diffusers: DDPMPipeline draws from noise alone, "
-                              "with no low-res input to condition on")
-    if cfg.num_classes or cfg.context_dim:
-        raise NoisecraftError("only unconditional models export to diffusers (DDPMPipeline draws without a class or "
-                              "prompt); this one is " + ("class" if cfg.num_classes else "text") + "-conditional")
+        raise NoisecraftError("super-resolution models do not export to diffusers: a UNet2DModel takes no low-res "
+                              "input to condition on")
+    if cfg.context_dim:
+        raise NoisecraftError("text-conditional models do not export to diffusers: their cross-attention over "
+                              "MiniLM token states has no UNet2DModel counterpart (UNet2DConditionModel attends differently)")
     if cfg.channel_mult[0] != 1:
         raise NoisecraftError(f"channel_mult starts at {cfg.channel_mult[0]}, not 1: diffusers' conv_in feeds the first "
                               "level at its own width, so this UNet has no exact UNet2DModel counterpart")
@@ -242,7 +283,8 @@ def diffusers_unet_config(net: nn.Module) -> dict:
         "attention_head_dim": head_dim, "norm_num_groups": cfg.groups,
         # With scale_shift, diffusers' mid-block attention has no GroupNorm unless told its group count.
         "attn_norm_num_groups": cfg.groups, "norm_eps": 1e-6, "resnet_time_scale_shift": "scale_shift",
-        "add_attention": True, "class_embed_type": None, "num_class_embeds": None, "num_train_timesteps": None,
+        "add_attention": True, "class_embed_type": None, "num_train_timesteps": None,
+        "num_class_embeds": cfg.num_classes + 1 if cfg.num_classes else None,   # + the "no class" row, last
     }
 
 
@@ -253,6 +295,7 @@ RESNET = {"norm1": "norm1", "conv1": "conv1", "emb": "time_emb_proj", "norm2": "
 def _module_names(cfg: UNetConfig) -> dict[str, str]:
     """noisecraft module path -> diffusers module path, block by block along both UNet paths."""
     names = {"stem": "conv_in", "time_mlp.0": "time_embedding.linear_1", "time_mlp.2": "time_embedding.linear_2",
+             "class_emb": "class_embedding",
              "mid.0.res": "mid_block.resnets.0", "mid.0.attn": "mid_block.attentions.0",
              "mid.1.res": "mid_block.resnets.1", "out.0": "conv_norm_out", "out.2": "conv_out"}
     levels, k = len(cfg.channel_mult), 0
@@ -317,7 +360,8 @@ def diffusers_scheduler_config(schedule: NoiseSchedule, prediction: str) -> dict
 
 def export_diffusers(model: str | Path, out: str | Path) -> Path:
     """Write `model` (a shipped name or a model directory) as a DDPMPipeline folder at `out`: model_index.json,
-    unet/ (config.json, diffusion_pytorch_model.safetensors) and scheduler/scheduler_config.json. Everything is
+    unet/ (config.json, diffusion_pytorch_model.safetensors) and scheduler/scheduler_config.json, plus pipeline.py
+    and noisecraft.json for a class-conditional model. Everything is
     checked first; the folder is built under a temporary name beside `out` and renamed into place, so `out`
     is either complete or absent. An existing non-empty `out` is refused."""
     out = Path(out)
@@ -334,6 +378,10 @@ def export_diffusers(model: str | Path, out: str | Path) -> Path:
              f"unet/{UNET_WEIGHTS}": save_tensors(diffusers_state_dict(net.net.state_dict(), net.config.unet),
                                                   metadata={"format": "pt"}),
              f"scheduler/{SCHEDULER_CONFIG}": _json_bytes(diffusers_scheduler_config(net.schedule, net.prediction))}
+    if net.config.unet.num_classes:
+        files[CLASSES_FILE] = _json_bytes({"class_names": net.config.class_names, "null_class": net.config.unet.num_classes,
+                                           "guidance": net.config.guidance})
+        files[PIPELINE_FILE] = (Path(__file__).parent / "interop_pipeline.py").read_bytes()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
     try:

@@ -192,8 +192,8 @@ def test_a_hub_name_without_a_local_folder_says_nothing_is_downloaded(tmp_path, 
 
 
 EXPORT_ERRORS = {
-    "class-conditional": (dict(unet=UNetConfig(image_size=8, base_channels=8, channel_mult=(1, 2), num_classes=3,
-                                               groups=4, head_dim=8), cond="class"), "class-conditional"),
+    "text-conditional": (dict(unet=UNetConfig(image_size=8, base_channels=8, channel_mult=(1, 2), context_dim=16,
+                                              groups=4, head_dim=8), cond="text"), "text-conditional"),
     "super-resolution": (dict(unet=UNetConfig(image_size=8, base_channels=8, channel_mult=(1, 2), low_res_channels=1,
                                               groups=4, head_dim=8), cond="superres", sr_factor=2), "super-resolution"),
     "wide first level": (dict(unet=UNetConfig(image_size=8, base_channels=8, channel_mult=(2, 2), groups=4, head_dim=8)),
@@ -226,3 +226,67 @@ def test_export_never_overwrites_and_leaves_nothing_behind(tmp_path):
     with pytest.raises(NoisecraftError, match="already a diffusers folder"):
         export_diffusers(tmp_path / "empty", tmp_path / "again")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "nc"]
+
+
+# ------------------------------------------------------------------ class-conditional, both ways
+
+CLASS_UNET = UNetConfig(image_size=8, in_channels=1, base_channels=8, channel_mult=(1, 2), num_res_blocks=1,
+                        attn_resolutions=(4,), head_dim=8, groups=4, num_classes=3)
+
+
+def exported_class_model(tmp_path):
+    model = random_noisecraft_model(CLASS_UNET, cond="class", class_names=["cat", "dog", "owl"], guidance=2.5)
+    save_model(tmp_path / "nc", model.config, model.net.state_dict())
+    return model, export_diffusers(tmp_path / "nc", tmp_path / "out")
+
+
+def test_class_conditional_export_maps_the_class_embedding_and_comes_back_with_its_names(tmp_path):
+    model, out = exported_class_model(tmp_path)
+    assert json.loads((out / "unet" / "config.json").read_text())["num_class_embeds"] == 4      # 3 + "no class"
+    assert (out / "pipeline.py").read_text().startswith('"""A diffusers pipeline for class-conditional')
+    unet = UNet2DModel.from_pretrained(out / "unet").eval()
+    back = load_model(out)
+    x, t = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(1)), torch.tensor([3.0, 50.5, 400.0, 999.0])
+    labels = torch.tensor([0, 1, 2, 3])                                                     # 3: no class
+    with torch.no_grad():
+        ours = model(x, t, class_labels=labels)
+        torch.testing.assert_close(unet(x, t, class_labels=labels).sample, ours, rtol=0, atol=1e-4)
+        torch.testing.assert_close(back(x, t, class_labels=labels), ours, rtol=0, atol=1e-4)
+        torch.testing.assert_close(back(x, t), model(x, t), rtol=0, atol=1e-4)             # no class: the null row
+    assert back.config.class_names == ["cat", "dog", "owl"] and back.config.guidance == 2.5
+    assert back.config.unet.num_classes == 3 and back.null_cond({"class_labels": labels})["class_labels"].eq(3).all()
+
+
+def test_custom_pipeline_samples_with_guidance_as_noisecraft_does(tmp_path):
+    from diffusers import DiffusionPipeline
+    model, out = exported_class_model(tmp_path)
+    pipe = DiffusionPipeline.from_pretrained(out, custom_pipeline=str(out), trust_remote_code=True)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    gens = lambda: [torch.Generator().manual_seed(i) for i in range(4)]
+    labels = torch.tensor([0, 1, 2, 1])
+    ref = pipe(class_labels=labels, guidance_scale=2.5, generator=gens(), num_inference_steps=10, output_type="pt",
+               use_clipped_model_output=True).images
+    ours = to_unit(sample(load_model(tmp_path / "nc"), (4, 1, 8, 8), sampler="ddim", steps=10, generator=gens(),
+                          cond={"class_labels": labels}, guidance_scale=2.5))
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-4)
+    unguided = pipe(class_labels=labels, generator=gens(), num_inference_steps=10, output_type="pt",
+                    use_clipped_model_output=True).images
+    assert (unguided - ref).abs().max() > 1e-2                                              # guidance did something
+
+
+def test_a_foreign_class_conditional_unet_takes_classes_but_no_guidance(tmp_path):
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
+                       down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+                       norm_num_groups=4, attention_head_dim=8, num_class_embeds=5)
+    DDPMPipeline(unet=unet, scheduler=DDPMScheduler(**COMMON)).save_pretrained(tmp_path / "pipe")
+    model = load_model(tmp_path / "pipe")
+    assert model.config.cond == "class" and model.config.unet.num_classes == 5 and model.config.guidance == 1.0
+    x = sample(model, (2, 1, 8, 8), sampler="ddim", steps=3, cond={"class_labels": torch.tensor([4, 0])},
+               generator=torch.Generator().manual_seed(0))
+    assert x.shape == (2, 1, 8, 8)
+    with pytest.raises(NoisecraftError, match="no unconditional mode"):
+        sample(model, (2, 1, 8, 8), steps=3, cond={"class_labels": torch.tensor([4, 0])}, guidance_scale=2.0)
+    with pytest.raises(NoisecraftError, match="give a class"):
+        sample(model, (2, 1, 8, 8), steps=3)

@@ -1,0 +1,62 @@
+"""A diffusers pipeline for class-conditional UNet2DModel models with classifier-free guidance.
+
+`noisecraft export` copies this file, unchanged, as `pipeline.py` into the folder of a class-conditional model,
+beside unet/ and scheduler/; it imports only torch and diffusers. The UNet's last class embedding is the
+"no class" token the model was trained with (condition dropout), which guidance's second branch uses:
+
+    from diffusers import DiffusionPipeline
+    pipe = DiffusionPipeline.from_pretrained(DIR, custom_pipeline=DIR, trust_remote_code=True)
+    images = pipe(class_labels=[7, 7, 3], guidance_scale=2.0, num_inference_steps=50).images
+
+Any diffusers scheduler can be swapped in (`pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)`).
+Guidance as in Ho & Salimans (2021): out = out_uncond + w (out_cond - out_uncond), both passes in one batch.
+"""
+from __future__ import annotations
+
+import inspect
+
+import torch
+from diffusers import DiffusionPipeline, ImagePipelineOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+
+class ClassConditionalPipeline(DiffusionPipeline):
+    def __init__(self, unet, scheduler):
+        super().__init__()
+        self.register_modules(unet=unet, scheduler=scheduler)
+
+    @torch.no_grad()
+    def __call__(self, class_labels, guidance_scale: float = 1.0, num_inference_steps: int = 50, generator=None,
+                 latents: torch.Tensor | None = None, eta: float = 0.0, use_clipped_model_output: bool | None = None,
+                 output_type: str = "pil", return_dict: bool = True):
+        """class_labels: one class index per image (the null index, num_class_embeds - 1, draws unconditionally);
+        generator: one torch.Generator, or one per image; latents: the initial noise (B, C, H, W) instead."""
+        config = self.unet.config
+        null = config.num_class_embeds - 1
+        labels = torch.as_tensor(class_labels, device=self.device).long().reshape(-1)
+        if len(labels) == 0 or labels.min() < 0 or labels.max() > null:
+            raise ValueError(f"class_labels must be indices from 0 to {null} ({null} draws without a class)")
+        size = config.sample_size if isinstance(config.sample_size, int) else config.sample_size[0]
+        shape = (len(labels), config.in_channels, size, size)
+        image = latents.to(self.device, self.unet.dtype) if latents is not None else \
+            randn_tensor(shape, generator=generator, device=self.device, dtype=self.unet.dtype)
+        image = image * self.scheduler.init_noise_sigma
+        self.scheduler.set_timesteps(num_inference_steps)
+        accepted = inspect.signature(self.scheduler.step).parameters
+        extra = {k: v for k, v in (("eta", eta), ("use_clipped_model_output", use_clipped_model_output),
+                                   ("generator", generator)) if k in accepted and v is not None}
+        both = torch.cat([labels, torch.full_like(labels, null)])
+        for t in self.progress_bar(self.scheduler.timesteps):
+            x = self.scheduler.scale_model_input(image, t)
+            if guidance_scale == 1.0:
+                out = self.unet(x, t, class_labels=labels).sample
+            else:
+                out_cond, out_uncond = self.unet(torch.cat([x, x]), t, class_labels=both).sample.chunk(2)
+                out = out_uncond + guidance_scale * (out_cond - out_uncond)
+            image = self.scheduler.step(out, t, image, **extra).prev_sample
+        image = (image / 2 + 0.5).clamp(0, 1)
+        if output_type == "pil":
+            image = self.numpy_to_pil(image.cpu().permute(0, 2, 3, 1).float().numpy())
+        elif output_type == "np":
+            image = image.cpu().permute(0, 2, 3, 1).float().numpy()
+        return ImagePipelineOutput(images=image) if return_dict else (image,)
