@@ -4,27 +4,14 @@ import json
 import pytest
 from PIL import Image
 
-from noisecraft.cli import main
 from noisecraft.data import load_dataset
 from noisecraft.viz import to_pil
+from tests.test_cli import assert_user_error, run
 
 
 @pytest.fixture(autouse=True)
 def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("NOISECRAFT_CACHE", str(tmp_path / "cache"))
-
-
-def run(argv, capsys):
-    with pytest.raises(SystemExit) as e:
-        main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
-
-
-def assert_user_error(code, err, match):
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and match in lines[0], err
 
 
 def digits_folder(path, n):
