@@ -74,9 +74,9 @@ def class_condition(model, n: int, class_: int | str | None = None, prompt: str 
     names = config.class_names or [str(i) for i in range(config.unet.num_classes)]
     if not config.unet.num_classes:
         if class_ is not None:
-            raise NoisecraftError("this model is unconditional: drop --class")
+            raise NoisecraftError("this model is unconditional: it takes no class, leave it out")
         if (prompt or "").strip() or (negative_prompt or "").strip():
-            raise NoisecraftError("this model is unconditional: it takes no prompt")
+            raise NoisecraftError("this model is unconditional: it takes no prompt, leave it out")
         return Condition({})
     if class_ is not None and (prompt or "").strip():
         raise NoisecraftError("give a class or a prompt, not both")

@@ -13,8 +13,12 @@ renamed, and the fused 1x1-conv qkv of our attention is split into diffusers' to
 A class-conditional model maps too (num_class_embeds, its last row the "no class" token); its folder also
 gets `pipeline.py` (noisecraft/interop_pipeline.py: class labels and classifier-free guidance, loaded with
 `DiffusionPipeline.from_pretrained(DIR, custom_pipeline=DIR, trust_remote_code=True)`) and `noisecraft.json` (class names, the null
-class, the default guidance), which bring the names back when noisecraft loads the folder. Writing the folder
-needs no diffusers.
+class, the default guidance), which bring the names back when noisecraft loads the folder. A model with no
+UNet2DModel counterpart (text-conditional, super-resolution, uneven widths) is written as diffusers' custom
+components instead: noisecraft/interop_generic.py becomes unet/modeling_noisecraft.py (a `NoisecraftUNet`
+ModelMixin running noisecraft's own network) and pipeline.py (prompts, classes, low-res inputs, guidance),
+loaded with `custom_pipeline=DIR, trust_remote_code=True` where noisecraft is installed; noisecraft loads such a
+folder back without diffusers. Writing any folder needs no diffusers.
 """
 from __future__ import annotations
 
@@ -40,6 +44,7 @@ from noisecraft.samplers.tuning import read_coefficients, read_grids
 
 PIPELINE_INDEX, UNET_WEIGHTS, SCHEDULER_CONFIG = "model_index.json", "diffusion_pytorch_model.safetensors", "scheduler_config.json"
 CLASSES_FILE, PIPELINE_FILE = "noisecraft.json", "pipeline.py"   # written beside a class-conditional export
+GENERIC_UNET, GENERIC_MODULE = "NoisecraftUNet", "modeling_noisecraft"   # the custom component of other exports
 # The config format written by export: the oldest diffusers that noisecraft's tests support (pyproject.toml).
 DIFFUSERS_FORMAT = "0.30.0"
 # Blocks a UNet2DModel runs from (x_t, t) alone: no cross-attention, no encoder-only blocks.
@@ -96,11 +101,14 @@ class DiffusersUNet(nn.Module):
         return {"class_labels": torch.full_like(cond["class_labels"], self.null_class)}
 
 
-def load_diffusers(path: str | Path) -> DiffusersUNet:
-    """A local diffusers folder as a noisecraft model (eval mode, on the CPU)."""
+def load_diffusers(path: str | Path) -> nn.Module:
+    """A local diffusers folder as a noisecraft model (eval mode, on the CPU): a DiffusersUNet, or the
+    DiffusionModel inside a folder that `export_diffusers` wrote as custom components."""
     path = Path(path)
     unet_dir, scheduler_path = _locate(path)
     unet_config = _read_json(unet_dir / "config.json")
+    if unet_config.get("_class_name") == GENERIC_UNET:
+        return _load_generic(unet_dir, unet_config)
     size = _check_unet(unet_config, unet_dir / "config.json")
     scheduler_config = _read_json(scheduler_path) if scheduler_path else {}
     schedule, prediction = schedule_from_diffusers(scheduler_config, scheduler_path or "the DDPMScheduler defaults")
@@ -118,6 +126,16 @@ def load_diffusers(path: str | Path) -> DiffusersUNet:
                          description=f"diffusers {unet_config['_class_name']} ({params / 1e6:.1f}M params) from {source}")
     model = DiffusersUNet(unet, schedule, prediction, config, null)
     model.grids, model.coefficients = read_grids(path), read_coefficients(path)   # `noisecraft tune` works here too
+    return model.eval()
+
+
+def _load_generic(unet_dir: Path, unet_config: dict) -> nn.Module:
+    from noisecraft.models import DiffusionModel, load_state, read_weights
+
+    config = ModelConfig.from_dict(unet_config.get("noisecraft_config") or {})
+    model = DiffusionModel(config)
+    weights = read_weights(unet_dir / UNET_WEIGHTS)
+    load_state(model.net, {k.removeprefix("model.net."): v for k, v in weights.items()}, unet_dir / UNET_WEIGHTS)
     return model.eval()
 
 
@@ -369,9 +387,12 @@ def export_diffusers(model: str | Path, out: str | Path) -> Path:
     if diffusers_kind(model_dir):
         raise NoisecraftError(f"{model_dir} is already a diffusers folder: diffusers loads it as it is")
     net = load_model(model_dir)
-    unet_config = diffusers_unet_config(net.net)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise NoisecraftError(f"{out} already exists and is not an empty folder: choose a new --out or remove it")
+    try:
+        unet_config = diffusers_unet_config(net.net)
+    except NoisecraftError:
+        return _write_folder(out, generic_files(net))
     files = {PIPELINE_INDEX: _json_bytes({"_class_name": "DDPMPipeline", "_diffusers_version": DIFFUSERS_FORMAT,
                                           "scheduler": ["diffusers", "DDPMScheduler"], "unet": ["diffusers", "UNet2DModel"]}),
              "unet/config.json": _json_bytes(unet_config),
@@ -382,6 +403,26 @@ def export_diffusers(model: str | Path, out: str | Path) -> Path:
         files[CLASSES_FILE] = _json_bytes({"class_names": net.config.class_names, "null_class": net.config.unet.num_classes,
                                            "guidance": net.config.guidance})
         files[PIPELINE_FILE] = (Path(__file__).parent / "interop_pipeline.py").read_bytes()
+    return _write_folder(out, files)
+
+
+def generic_files(net) -> dict[str, bytes]:
+    """The files of a custom-component export: the whole noisecraft config inside unet/config.json, the weights
+    under the component's parameter names, and interop_generic.py as both the component's module and the pipeline."""
+    code = (Path(__file__).parent / "interop_generic.py").read_bytes()
+    state = {f"model.net.{k}": v.detach().to("cpu", torch.float32).contiguous() for k, v in net.net.state_dict().items()}
+    return {PIPELINE_INDEX: _json_bytes({"_class_name": "NoisecraftPipeline", "_diffusers_version": DIFFUSERS_FORMAT,
+                                         "scheduler": ["diffusers", "DDPMScheduler"],
+                                         "unet": [GENERIC_MODULE, GENERIC_UNET]}),
+            "unet/config.json": _json_bytes({"_class_name": GENERIC_UNET, "_diffusers_version": DIFFUSERS_FORMAT,
+                                             "noisecraft_config": net.config.to_dict()}),
+            f"unet/{UNET_WEIGHTS}": save_tensors(state, metadata={"format": "pt"}),
+            f"unet/{GENERIC_MODULE}.py": code, PIPELINE_FILE: code,
+            f"scheduler/{SCHEDULER_CONFIG}": _json_bytes(diffusers_scheduler_config(net.schedule, net.prediction))}
+
+
+def _write_folder(out: Path, files: dict[str, bytes]) -> Path:
+    """`files` under `out`, built under a temporary name beside it and renamed into place."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
     try:

@@ -8,6 +8,8 @@ beside unet/ and scheduler/; it imports only torch and diffusers. The UNet's las
     pipe = DiffusionPipeline.from_pretrained(DIR, custom_pipeline=DIR, trust_remote_code=True)
     images = pipe(class_labels=[7, 7, 3], guidance_scale=2.0, num_inference_steps=50).images
 
+The class is named like the pipeline of other exports (noisecraft/interop_generic.py): diffusers caches a local
+custom pipeline as one module, so two exports loaded in one process must not define two pipeline classes.
 Any diffusers scheduler can be swapped in (`pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)`).
 Guidance as in Ho & Salimans (2021): out = out_uncond + w (out_cond - out_uncond), both passes in one batch.
 """
@@ -20,7 +22,7 @@ from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 
-class ClassConditionalPipeline(DiffusionPipeline):
+class NoisecraftPipeline(DiffusionPipeline):
     def __init__(self, unet, scheduler):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)

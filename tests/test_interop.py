@@ -191,26 +191,61 @@ def test_a_hub_name_without_a_local_folder_says_nothing_is_downloaded(tmp_path, 
         load_model("google/ddpm-cifar10-32")
 
 
-EXPORT_ERRORS = {
-    "text-conditional": (dict(unet=UNetConfig(image_size=8, base_channels=8, channel_mult=(1, 2), context_dim=16,
-                                              groups=4, head_dim=8), cond="text"), "text-conditional"),
-    "super-resolution": (dict(unet=UNetConfig(image_size=8, base_channels=8, channel_mult=(1, 2), low_res_channels=1,
-                                              groups=4, head_dim=8), cond="superres", sr_factor=2), "super-resolution"),
-    "wide first level": (dict(unet=UNetConfig(image_size=8, base_channels=8, channel_mult=(2, 2), groups=4, head_dim=8)),
-                         "channel_mult starts at 2"),
-    "uneven groups": (dict(unet=UNetConfig(image_size=8, base_channels=12, channel_mult=(1, 2), groups=8, head_dim=12)),
-                      "groups"),
+NO_COUNTERPART = {
+    "text-conditional": dict(unet=UNetConfig(image_size=8, base_channels=8, channel_mult=(1, 2), context_dim=384,
+                                             groups=4, head_dim=8), cond="text", text_encoder="minilm", guidance=3.0),
+    "super-resolution": dict(unet=UNetConfig(image_size=8, base_channels=8, channel_mult=(1, 2), low_res_channels=1,
+                                             groups=4, head_dim=8), cond="superres", sr_factor=2),
+    "wide first level": dict(unet=UNetConfig(image_size=8, base_channels=8, channel_mult=(2, 2), groups=4, head_dim=8)),
+    "uneven groups": dict(unet=UNetConfig(image_size=8, base_channels=12, channel_mult=(1, 2), groups=8, head_dim=12)),
 }
 
 
-@pytest.mark.parametrize("case", sorted(EXPORT_ERRORS))
-def test_export_refuses_what_has_no_exact_unet2dmodel(tmp_path, case):
-    config, match = EXPORT_ERRORS[case]
-    model = random_noisecraft_model(**config)
+@pytest.mark.parametrize("case", sorted(NO_COUNTERPART))
+def test_what_has_no_unet2dmodel_exports_as_custom_components_and_comes_back(tmp_path, case):
+    model = random_noisecraft_model(**NO_COUNTERPART[case])
     save_model(tmp_path / "nc", model.config, model.net.state_dict())
-    with pytest.raises(NoisecraftError, match=match):
-        export_diffusers(tmp_path / "nc", tmp_path / "out")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["nc"]                 # nothing half-written
+    out = export_diffusers(tmp_path / "nc", tmp_path / "out")
+    assert json.loads((out / "model_index.json").read_text())["unet"] == ["modeling_noisecraft", "NoisecraftUNet"]
+    assert (out / "pipeline.py").read_bytes() == (out / "unet" / "modeling_noisecraft.py").read_bytes()
+    back = load_model(out)                                                       # without diffusers
+    x, t = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(1)), torch.tensor([5.0, 700.0])
+    cond = {"low_res": torch.randn(2, 1, 4, 4)} if case == "super-resolution" else \
+        {"context": torch.randn(2, 3, 384), "context_mask": torch.ones(2, 3)} if case == "text-conditional" else {}
+    with torch.no_grad():
+        assert torch.equal(back(x, t, **cond), model(x, t, **cond))
+    assert back.config == model.config
+
+
+def _custom_pipeline(out):
+    from diffusers import DiffusionPipeline
+    pipe = DiffusionPipeline.from_pretrained(out, custom_pipeline=str(out), trust_remote_code=True)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.mark.parametrize("case", ["text-conditional", "super-resolution", "wide first level"])
+def test_custom_component_pipeline_samples_as_noisecraft_does(tmp_path, case):
+    from noisecraft.guidance import condition
+    model = random_noisecraft_model(**NO_COUNTERPART[case], prediction="v_prediction")     # unsaturated images
+    save_model(tmp_path / "nc", model.config, model.net.state_dict())
+    pipe = _custom_pipeline(export_diffusers(tmp_path / "nc", tmp_path / "out"))
+    gens = lambda: [torch.Generator().manual_seed(i) for i in range(3)]
+    ours_model = load_model(tmp_path / "nc")
+    kw, cond, g, negative = {}, {}, 1.0, None
+    if case == "text-conditional":
+        c = condition(ours_model, 3, prompt="a red circle", negative_prompt="a square")
+        kw, cond, g, negative = dict(prompt="a red circle", negative_prompt="a square"), c.cond, 3.0, c.negative
+    elif case == "super-resolution":
+        y = torch.rand(3, 1, 4, 4, generator=torch.Generator().manual_seed(9)) * 2 - 1
+        kw, cond = dict(low_res=y), {"low_res": y}
+    ref = pipe(batch_size=3, generator=gens(), num_inference_steps=8, output_type="pt", use_clipped_model_output=True,
+               **kw).images
+    ours = to_unit(sample(ours_model, (3, 1, 8, 8), sampler="ddim", steps=8, generator=gens(), cond=cond,
+                          guidance_scale=g, negative_cond=negative))
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-4)
+    assert unsaturated(ref) > 0.25
 
 
 def test_export_never_overwrites_and_leaves_nothing_behind(tmp_path):
