@@ -204,6 +204,32 @@ def test_sample_runs_a_diffusers_pipeline_folder(tmp_path, capsys):
     assert Image.open(tmp_path / "o" / "0001.png").text["model"] == str(folder)
 
 
+@pytest.mark.parametrize("argv", [
+    ["upscale", "--image", "LOW", "--steps", 3],
+    ["edit", "--image", "FULL", "--strength", 0.5, "--steps", 4],
+    ["inpaint", "--image", "FULL", "--box", "0,0,4,8", "--steps", 3],
+    ["tune", "--sampler", "unipc", "--steps", 3, "--n", 8, "--reference-steps", 20, "--max-evals", 10],
+    ["eval", "--data", "digits", "--n", 4, "--size", 8, "--no-domain"],
+])
+def test_every_command_takes_a_diffusers_folder(tmp_path, capsys, monkeypatch, argv):
+    from tests.test_interop import small_pipeline
+
+    monkeypatch.setenv("NOISECRAFT_CACHE", str(tmp_path / "cache"))
+    folder = small_pipeline(tmp_path / "pipe")
+    inputs = {"LOW": _digit_png(tmp_path / "low.png", 4, "RGB"), "FULL": _digit_png(tmp_path / "full.png", 8, "RGB")}
+    argv = [inputs.get(a, a) if isinstance(a, str) else a for a in argv]
+    if argv[0] in ("upscale", "edit", "inpaint"):
+        argv += ["--out", tmp_path / "o"]
+    code, out, err = run([*argv, "--model", folder, "--quiet"], capsys)
+    assert code == 0, err
+    if argv[0] == "tune":
+        assert (folder / "grids.json").is_file()
+    elif argv[0] == "eval":
+        assert json.loads(out)["n"] == 4
+    else:
+        assert Image.open(tmp_path / "o" / "0000.png").size == (8, 8)
+
+
 def test_export_writes_a_diffusers_folder_once_and_sample_reads_it(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "exported"
     code, stdout, err = run(["export", "--model", tiny_model_dir, "--format", "diffusers", "--out", out], capsys)
