@@ -5,6 +5,7 @@ histogram and its total variation distance to uniform, and each sample's distanc
 training image (beside the same distance for held-out real digits, so copies would show).
 
     python benchmarks/digits_quality.py --model digits --n 500 [--samplers ddpm:1000,ddim:50,unipc:10:logsnr]
+    python benchmarks/digits_quality.py --model digits-gan --n 500     # a VAE, GAN or autoregressive model: its own sampler
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ ROOT = Path(__file__).resolve().parent
 def digits_judge(model):
     """The real digits at the model's size (train and test splits) and the CNN trained on the train split that
     judges samples in every digits benchmark."""
-    c, size = model.config.unet.in_channels, model.config.unet.image_size
+    c, size, _ = model.config.image_shape
     train = load_dataset("digits", image_size=size, channels=c, split="train")
     test = load_dataset("digits", image_size=size, channels=c, split="test")
     return train, test, train_classifier(train.images, train.labels, 10, epochs=30, seed=0)
@@ -46,7 +47,8 @@ def main() -> None:
     tag = args.tag or Path(args.model).name
 
     model = load_model(args.model)
-    c, size = model.config.unet.in_channels, model.config.unet.image_size
+    c, size, _ = model.config.image_shape
+    baseline = hasattr(model, "model_config")              # a VAE, GAN or autoregressive model: its own sampler
     t0 = time.time()
     train, test, clf = digits_judge(model)
     test_probs = predict_proba(clf, test.images)
@@ -60,14 +62,15 @@ def main() -> None:
         "samplers": {},
     }
     print(json.dumps(report["classifier"]), flush=True)
-    for spec in args.samplers.split(","):
+    for spec in ["own:0"] if baseline else args.samplers.split(","):
         name, steps, *spacing = spec.split(":")              # name:steps or name:steps:spacing
         t0 = time.time()
         xs = []
         for start in range(0, args.n, args.batch_size):
             b = min(args.batch_size, args.n - start)
             gens = [torch.Generator().manual_seed(start + i) for i in range(b)]
-            xs.append(sample(model, (b, c, size, size), sampler=name, steps=int(steps),
+            xs.append(model.sample(b, gens) if baseline else
+                      sample(model, (b, c, size, size), sampler=name, steps=int(steps),
                              spacing=spacing[0] if spacing else None, generator=gens))
         x = torch.cat(xs)
         seconds = time.time() - t0

@@ -31,12 +31,15 @@ def train(
     out: Path = typer.Option(..., help="Model directory to create (config.json, model.safetensors, checkpoint/)."),
     data: str = typer.Option("digits", help="digits | fashion-mnist | faces | shapes | emoji | an image folder | "
                                             "tar shards (shards-{000000..000009}.tar, or a folder of .tar files)."),
-    preset: str = typer.Option("tiny", help="UNet preset: tiny | small | base."),
-    model: str = typer.Option("diffusion", help="Model family."),
+    preset: str = typer.Option("tiny", help="UNet preset: tiny | mnist | shapes | small | base; for the other "
+                                            "families: tiny (16x16 grey) | mnist (28x28 grey)."),
+    model: str = typer.Option("diffusion", help="Model family: diffusion | vae | gan | autoregressive "
+                                                "(docs/families.md)."),
     batch_size: int = typer.Option(32, help="Global batch size: the same whatever the number of processes."),
     grad_accum: int = typer.Option(1, help="Split each process's share of the batch into N micro-batches "
                                            "(for a global batch larger than memory)."),
-    lr: float = typer.Option(2e-3, help="Peak AdamW learning rate."),
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate (default: 2e-3 for diffusion, 1e-3 for vae "
+                                                  "and autoregressive, 2e-4 for gan)."),
     max_steps: Optional[int] = typer.Option(None, help="Stop after this many optimizer steps in total."),
     max_minutes: Optional[float] = typer.Option(None, help="Stop after this many minutes of this run."),
     checkpoint_every: int = typer.Option(500, help="Write the model and a resumable checkpoint every N steps."),
@@ -63,9 +66,12 @@ def train(
     was written; continue with --resume)."""
     import os
 
+    from noisecraft.baselines.train import LEARNING_RATES
     from noisecraft.device import resolve_device
     from noisecraft.train.loop import TrainOptions, TrainingInterrupted, train as run
 
+    if lr is None:
+        lr = LEARNING_RATES.get(model, TrainOptions.lr)
     if nproc < 1:
         raise NoisecraftError(f"--nproc must be at least 1, got {nproc}")
     if nproc > 1:
@@ -142,6 +148,7 @@ def plot_log(
 
 @app.command()
 def sample(
+    ctx: typer.Context,
     out: Path = typer.Option(..., help="Folder for 0000.png, 0001.png, ... and grid.png."),
     model: str = typer.Option("digits", help="A shipped model name (see `noisecraft models`), a model directory, "
                                              "or a local diffusers folder (DDPMPipeline save or UNet2DModel)."),
@@ -178,6 +185,9 @@ def sample(
         raise NoisecraftError("--n and --batch-size must be at least 1")
     dev = resolve_device(device)
     net = load_model(model, device=dev)
+    if hasattr(net, "model_config"):
+        _sample_baseline(ctx, net, out, model=model, n=n, seed=seed, batch_size=batch_size, quiet=quiet)
+        return
     if spacing is not None and "," in spacing:                              # an explicit grid: 999,600,200
         try:
             spacing = [float(v) for v in spacing.split(",")]
@@ -208,6 +218,37 @@ def sample(
         typer.echo(f"reverse process written to {gif}")
 
 
+def _sample_baseline(ctx: typer.Context, net, out: Path, *, model: str, n: int, seed: int, batch_size: int,
+                     quiet: bool) -> None:
+    """`sample` for a VAE, GAN or autoregressive model: one pass (or one pass per pixel), so the sampler,
+    conditioning and guidance options have nothing to act on; given, they are an error rather than ignored."""
+    from tqdm import tqdm
+
+    from noisecraft.baselines import sample_seeded
+    from noisecraft.io import save_png
+    from noisecraft.viz import make_grid, to_pil
+
+    family = net.model_config.family
+    given = [p.opts[0] for p in ctx.command.params if p.name in DIFFUSION_SAMPLE_OPTIONS
+             and ctx.get_parameter_source(p.name).name != "DEFAULT"]
+    if given:
+        raise NoisecraftError(f"{', '.join(given)} applies to diffusion models only; {model} is a {family} model, "
+                              "which samples without a sampler, condition or guidance: drop it")
+    bar = tqdm(total=-(-n // batch_size), disable=quiet, unit="batch", dynamic_ncols=True)
+    x = sample_seeded(net, range(seed, seed + n), batch_size, callback=lambda: bar.update(1))
+    bar.close()
+    meta = {"model": model, "family": family}
+    out.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        save_png(out / f"{i:04d}.png", to_pil(x[i]), meta | {"seed": seed + i})
+    save_png(out / "grid.png", make_grid(x), meta | {"seed": f"{seed}..{seed + n - 1}"})
+    typer.echo(f"{n} images written to {out}")
+
+
+DIFFUSION_SAMPLE_OPTIONS = ("sampler", "steps", "spacing", "eta", "class_", "prompt", "negative_prompt", "guidance",
+                            "gif", "clip", "dynamic_threshold")
+
+
 @app.command()
 def tune(
     model: str = typer.Option(..., help="A model directory (or shipped name); grids.json is written into it."),
@@ -225,7 +266,7 @@ def tune(
     from tqdm import tqdm
 
     from noisecraft.device import resolve_device
-    from noisecraft.models import load_model, resolve_model_dir
+    from noisecraft.models import load_diffusion_model, resolve_model_dir
     from noisecraft.samplers.tuning import check_tunable, save_grid, tune_grid, tune_learned
 
     _check_seed(seed)
@@ -237,7 +278,7 @@ def tune(
     if n < 1 or min(counts) < 1 or (max_evals is not None and max_evals < 0):
         raise NoisecraftError("--n and every --steps value must be at least 1, --max-evals at least 0")
     model_dir = resolve_model_dir(model)
-    net = load_model(model_dir, device=resolve_device(device))
+    net = load_diffusion_model(model_dir, device=resolve_device(device), purpose="tuning a sampler")
     for k in counts:
         bar = tqdm(desc=f"{sampler} {k} steps", disable=quiet, unit="eval", dynamic_ncols=True)
         progress = lambda i, e: (bar.update(1), bar.set_postfix(error=f"{e:.4f}"))
@@ -350,7 +391,7 @@ def export(
     path = export_diffusers(model, out)
     if (path / "pipeline.py").is_file():
         typer.echo(f"diffusers pipeline written to {path}: load it with diffusers.DiffusionPipeline.from_pretrained("
-                   f"{str(path)!r}, custom_pipeline={str(path)!r}, trust_remote_code=True) and pass class_labels")
+                   f"{str(path)!r}, custom_pipeline={str(path)!r}, trust_remote_code=True) (docs/interop.md)")
     else:
         typer.echo(f"diffusers pipeline written to {path}: load it with diffusers.DDPMPipeline.from_pretrained({str(path)!r})")
 
@@ -436,14 +477,14 @@ def upscale(
     """Super-resolution: upsample low-resolution images to the model's size, with a model trained for it
     (--cond superres) or zero-shot with any model."""
     from noisecraft.device import resolve_device
-    from noisecraft.models import load_model
+    from noisecraft.models import load_diffusion_model
     from noisecraft.samplers import plan
     from noisecraft.tasks.superres import METHODS, upscale as run_upscale
 
     if method not in METHODS:
         raise NoisecraftError(f"unknown --method {method!r}: use one of {', '.join(METHODS)}")
     dev = resolve_device(device)
-    net = load_model(model, device=dev)
+    net = load_diffusion_model(model, device=dev, purpose="upscaling")
     size, channels = net.config.unet.image_size, net.config.unet.in_channels
     files, pils = _read_inputs(image)
     if factor is None and net.config.sr_factor:
@@ -486,12 +527,12 @@ def edit(
 ):
     """Edit images with SDEdit: noise them to --strength, then denoise (optionally towards a class or prompt)."""
     from noisecraft.device import resolve_device
-    from noisecraft.models import load_model
+    from noisecraft.models import load_diffusion_model
     from noisecraft.tasks.edit import check_strength, edit as run_edit, edit_plan
 
     check_strength(strength)
     dev = resolve_device(device)
-    net = load_model(model, device=dev)
+    net = load_diffusion_model(model, device=dev, purpose="editing")
     p, grid = edit_plan(net, net.schedule, strength, sampler, steps, None, eta)
     files, pils = _read_inputs(image)
     images = _to_model(files, pils, net.config.unet.in_channels, net.config.unet.image_size)
@@ -533,7 +574,7 @@ def inpaint(
     import torch
 
     from noisecraft.device import resolve_device
-    from noisecraft.models import load_model
+    from noisecraft.models import load_diffusion_model
     from noisecraft.tasks.images import box_mask, read_mask, to_model_mask
     from noisecraft.tasks.inpaint import check_reconstruction, inpaint as run_inpaint, model_calls
 
@@ -542,7 +583,7 @@ def inpaint(
         raise NoisecraftError("give the region to fill as --mask M.png or as --box x0,y0,x1,y1 (one of them)")
     calls = model_calls(steps, jump, resample)
     dev = resolve_device(device)
-    net = load_model(model, device=dev)
+    net = load_diffusion_model(model, device=dev, purpose="inpainting")
     size = net.config.unet.image_size
     files, pils = _read_inputs(image)
     given = read_mask(mask) if mask is not None else None
@@ -598,10 +639,10 @@ def eval_(
     dev = resolve_device(device)
     net = feature_net(inception_weights, dev)
     if model is not None:
-        from noisecraft.models import load_model
+        from noisecraft.models import load_diffusion_model
         from noisecraft.samplers import plan, sample as run_sampler
 
-        gen_model = load_model(model, device=dev)
+        gen_model = load_diffusion_model(model, device=dev, purpose="noisecraft eval --model")
         count = 1000 if n is None else n
         p = plan(gen_model, gen_model.schedule, sampler, steps)
         bar = tqdm(total=-(-count // batch_size) * p.steps, disable=quiet, unit="step", desc="sampling", dynamic_ncols=True)

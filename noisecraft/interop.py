@@ -37,7 +37,7 @@ from torch import nn
 from noisecraft.diffusion import NoiseSchedule, ScheduleConfig, check_prediction
 from noisecraft.errors import NoisecraftError
 from noisecraft.io import _umask, atomic_write_bytes
-from noisecraft.models import ModelConfig, load_model, resolve_model_dir
+from noisecraft.models import ModelConfig, load_diffusion_model, resolve_model_dir
 from noisecraft.nets import UNetConfig
 from noisecraft.nets.layers import AttentionBlock
 from noisecraft.samplers.tuning import read_coefficients, read_grids
@@ -386,7 +386,7 @@ def export_diffusers(model: str | Path, out: str | Path) -> Path:
     model_dir = resolve_model_dir(model)
     if diffusers_kind(model_dir):
         raise NoisecraftError(f"{model_dir} is already a diffusers folder: diffusers loads it as it is")
-    net = load_model(model_dir)
+    net = load_diffusion_model(model_dir, purpose="export to diffusers")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise NoisecraftError(f"{out} already exists and is not an empty folder: choose a new --out or remove it")
     try:

@@ -129,14 +129,17 @@ def resolve_model_dir(name_or_dir: str | Path) -> Path:
     raise NoisecraftError(f"unknown model {str(name_or_dir)!r}: use a shipped name ({names}) or a model directory")
 
 
-def read_config(model_dir: Path) -> ModelConfig:
+def read_config_json(model_dir: Path) -> dict:
     path = model_dir / CONFIG_FILE
     if not path.is_file():
         raise NoisecraftError(f"{model_dir} is not a model directory: {CONFIG_FILE} is missing")
     try:
-        return ModelConfig.from_dict(json.loads(path.read_text()))
+        raw = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise NoisecraftError(f"{path} is not valid JSON ({e.msg if hasattr(e, 'msg') else e})") from None
+    if not isinstance(raw, dict):
+        raise NoisecraftError(f"{path} is not a noisecraft model config (not a JSON object)")
+    return raw
 
 
 def load_state(module: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
@@ -162,8 +165,9 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_model(name_or_dir: str | Path, device: str | torch.device = "cpu") -> nn.Module:
-    """A shipped model by name (see `list_models()`), a model directory (a DiffusionModel), or a local
-    diffusers folder (a DiffusersUNet, noisecraft/interop.py), in eval mode."""
+    """A shipped model by name (see `list_models()`), a model directory (a DiffusionModel; for the VAE, GAN
+    and autoregressive families their sampling module, noisecraft/baselines/, whose `model_config` is the
+    directory's BaselineConfig), or a local diffusers folder (a DiffusersUNet, noisecraft/interop.py), in eval mode."""
     from noisecraft.interop import diffusers_kind, load_diffusers
 
     model_dir = resolve_model_dir(name_or_dir)
@@ -175,13 +179,26 @@ def load_model(name_or_dir: str | Path, device: str | torch.device = "cpu") -> n
         raise NoisecraftError(f"{model_dir} is not a model directory: {CONFIG_FILE} is missing, and it is no diffusers "
                               f"folder either (model_index.json with unet/ and scheduler/, or a UNet2DModel config.json); "
                               f"found {found}")
-    config = read_config(model_dir)
-    if config.family != "diffusion":
-        raise NoisecraftError(f"{model_dir} holds a {config.family!r} model; this noisecraft loads diffusion models")
+    raw = read_config_json(model_dir)
+    if raw.get("family", "diffusion") != "diffusion":
+        from noisecraft.baselines import load_baseline
+        return load_baseline(model_dir, raw).to(device)
+    config = ModelConfig.from_dict(raw)
     model = DiffusionModel(config)
     load_state(model.net, read_weights(model_dir / WEIGHTS_FILE), model_dir / WEIGHTS_FILE)
     model.grids, model.coefficients = read_grids(model_dir), read_coefficients(model_dir)
     return model.to(device).eval()
+
+
+def load_diffusion_model(name_or_dir: str | Path, device: str | torch.device = "cpu", purpose: str = "this") -> nn.Module:
+    """load_model for the uses only a diffusion model serves (guided sampling, upscaling, editing, inpainting,
+    tuning, export, serving): a VAE, GAN or autoregressive model is a clear error instead of a failure later."""
+    model = load_model(name_or_dir, device)
+    family = getattr(getattr(model, "model_config", None), "family", None)
+    if family is not None:
+        raise NoisecraftError(f"{name_or_dir} is a {family} model: {purpose} needs a diffusion model "
+                              "(one trained with --model diffusion, a shipped diffusion model or a diffusers folder)")
+    return model
 
 
 def save_model(model_dir: str | Path, config: ModelConfig, net_state: dict[str, torch.Tensor],

@@ -12,7 +12,7 @@ from typing import Mapping, Sequence
 from torch import nn
 
 from noisecraft.errors import NoisecraftError
-from noisecraft.models import load_model, resolve_model_dir
+from noisecraft.models import load_diffusion_model, resolve_model_dir
 
 log = logging.getLogger("noisecraft.server")
 
@@ -82,7 +82,8 @@ class ModelStore:
         """Load every model (in the caller's thread); a failure is kept in `error` for the health route."""
         try:
             for name, spec in self.specs.items():
-                model = spec if isinstance(spec, nn.Module) else load_model(spec, device=self.device)
+                model = spec if isinstance(spec, nn.Module) else \
+                    load_diffusion_model(spec, device=self.device, purpose="serving")
                 if getattr(model.config, "cond", "none") == "text":
                     model.text_encoder()              # load the encoder now: health 200 means ready to answer
                 self._models[name] = Served(name, model.eval())

@@ -75,7 +75,8 @@ class TrainOptions:
 
     def validate(self) -> "TrainOptions":
         if self.model != "diffusion":
-            raise NoisecraftError(f"--model {self.model} is not available in this version: use --model diffusion")
+            from noisecraft.baselines.train import check_options
+            check_options(self)             # the family, its preset, and no diffusion-only option set
         if self.cond not in ("none", "class", "text", "superres"):
             raise NoisecraftError(f"unknown --cond {self.cond!r}: use none, class, text or superres")
         check_prediction(self.prediction)
@@ -101,7 +102,7 @@ class TrainOptions:
     # Options that must not change across a resume (the rest, like max_steps, may). The learning
     # rate is restored with the optimizer state, so a different --lr would be silently ignored.
     # grad_accum and the number of processes may change: they split the same global batch.
-    FIXED = ("data", "preset", "batch_size", "lr", "warmup_steps", "cond", "sr_factor", "prediction", "schedule",
+    FIXED = ("model", "data", "preset", "batch_size", "lr", "warmup_steps", "cond", "sr_factor", "prediction", "schedule",
              "seed", "ema_decay", "min_snr_gamma")
 
 
@@ -174,6 +175,9 @@ def train(opts: TrainOptions, log: Callable[[str], None] = print, progress: bool
         raise NoisecraftError(f"--out {out} is a file: choose a directory")
     if not opts.resume and ((out / CONFIG_FILE).exists() or list_checkpoints(out)):
         raise NoisecraftError(f"{out} already holds a model: pass --resume to continue it, or choose another --out")
+    if opts.model != "diffusion":
+        from noisecraft.baselines.train import train_baseline
+        return train_baseline(opts, out, log, progress)
     ctx = distributed.init(opts.device)
     try:
         if opts.batch_size < ctx.world_size * opts.grad_accum:
