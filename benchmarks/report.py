@@ -223,7 +223,7 @@ def quality_section() -> list[str]:
     fig, ax = plt.subplots(figsize=(6, 3.8))
     for lib, points in r["curve"].items():
         ax.plot([p["minutes"] for p in points], [p["fid"] for p in points], marker="o", label=lib)
-    ax.set(xlabel="training minutes (2 CPU cores shared by both runs in turn)", ylabel=f"FID at 20 calls, n={r['curve_n']}",
+    ax.set(xlabel=f"training minutes ({r['threads']} thread(s), runs alternating on one machine)", ylabel=f"FID at 20 calls, n={r['curve_n']}",
            title=f"{r['data']}: FID against training time")
     ax.grid(alpha=0.3)
     ax.legend()
