@@ -18,12 +18,12 @@ from noisecraft.baselines.gan import Discriminator, Generator, discriminator_los
 from noisecraft.data import load_dataset
 from noisecraft.errors import NoisecraftError
 from noisecraft.io import save_png
-from noisecraft.models import load_state, save_model
-from noisecraft.train.checkpoint import (clean_partial_writes, load_checkpoint, rng_state, save_checkpoint,
-                                         set_rng_state)
+from noisecraft.models import save_model
+from noisecraft.train.checkpoint import clean_partial_writes, load_checkpoint, rng_state, save_checkpoint
 from noisecraft.train.ema import EMA
 from noisecraft.train.loop import (LOG_FILE, TrainingInterrupted, TrainOptions, epoch_order, lr_lambda, new_interval,
-                                   open_log, seed_process, stop_signals, tensorboard_writer_class, write_log)
+                                   open_log, restore, seed_process, stop_signals, tensorboard_writer_class,
+                                   write_log)
 from noisecraft.viz import make_grid
 
 # Peak learning rates used when --lr is not given: Adam's usual 1e-3 for the likelihood models, DCGAN's 2e-4.
@@ -138,17 +138,8 @@ def train_baseline(opts: TrainOptions, out: Path, log: Callable[[str], None], pr
     clean_partial_writes(out)
     if opts.resume:
         ckpt = load_checkpoint(out)
-        changed = [k for k in TrainOptions.FIXED if ckpt.meta["options"].get(k) != asdict(opts)[k]]
-        if changed:
-            raise NoisecraftError(f"--resume with different {', '.join(changed)} than the checkpoint: use the original values")
-        load_state(trainer.model, ckpt.tensors["model"], ckpt.path)
-        ema.load_state_dict(ckpt.tensors["ema"])
-        trainer.optimizer.load_state_dict(ckpt.meta["optimizer_state"])
-        lr_scheduler.load_state_dict(ckpt.meta["lr_scheduler"])
-        noise_gen.set_state(ckpt.tensors["rng"]["noise"])
-        set_rng_state({k.split(".", 1)[1]: v for k, v in ckpt.tensors["rng"].items() if k.startswith("rank0.")}, device)
-        step, epoch, pos, skipped, bad_in_row = (ckpt.meta["progress"][k] for k in
-                                                 ("step", "epoch", "pos", "skipped", "bad_in_row"))
+        step, epoch, pos, skipped, bad_in_row = restore(ckpt, opts, trainer.model, ema, trainer.optimizer, lr_scheduler,
+                                                        noise_gen, 0, device)
         saved_step = step
         for path, why in ckpt.corrupt:
             log(f"warning: checkpoint {path.name} is corrupt ({why}); resumed from the older {ckpt.path.name}")

@@ -21,6 +21,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from torch import nn
 
 from noisecraft.data import load_dataset
 from noisecraft.diffusion import ScheduleConfig, check_prediction, diffusion_loss, q_sample
@@ -133,6 +134,29 @@ def seed_process(seed: int, rank: int) -> None:
     random.seed(seed + 7919 * rank)
 
 
+def restore(ckpt, opts: TrainOptions, model: nn.Module, ema: EMA, optimizer, lr_scheduler, noise_gen: torch.Generator,
+            rank: int, device: torch.device) -> tuple[int, int, int, int, int]:
+    """Load a checkpoint's state into a run's objects, refusing options that must not change, and return the
+    progress (step, epoch, pos, skipped, bad_in_row). The RNG state is this process's (`rank`)."""
+    changed = [k for k in TrainOptions.FIXED if ckpt.meta["options"].get(k) != asdict(opts)[k]]
+    if changed:
+        raise NoisecraftError(f"--resume with different {', '.join(changed)} than the checkpoint: use the original values")
+    load_state(model, ckpt.tensors["model"], ckpt.path)
+    ema.load_state_dict(ckpt.tensors["ema"])
+    optimizer.load_state_dict(ckpt.meta["optimizer_state"])
+    lr_scheduler.load_state_dict(ckpt.meta["lr_scheduler"])
+    rng = ckpt.tensors["rng"]
+    noise_gen.set_state(rng["noise"])
+    mine = {k.split(".", 1)[1]: v for k, v in rng.items() if k.startswith(f"rank{rank}.")}
+    if not mine and rank == 0 and "torch" in rng:                   # a checkpoint from before per-process states
+        mine = {"torch": rng["torch"]}
+    if mine:
+        set_rng_state(mine, device)
+    progress = ckpt.meta["progress"]
+    return (progress["step"], progress["epoch"], progress["pos"], progress.get("skipped", 0),
+            progress.get("bad_in_row", 0))
+
+
 def tensorboard_writer_class():
     """TensorBoard's SummaryWriter, checked before the run starts so a missing package costs nothing."""
     try:
@@ -243,23 +267,9 @@ def _train(opts: TrainOptions, out: Path, ctx: distributed.Dist, log: Callable[[
         clean_partial_writes(out)
     if opts.resume:
         ckpt = load_checkpoint(out)
-        changed = [k for k in TrainOptions.FIXED if ckpt.meta["options"].get(k) != asdict(opts)[k]]
-        if changed:
-            raise NoisecraftError(f"--resume with different {', '.join(changed)} than the checkpoint: use the original values")
-        load_state(model.net, ckpt.tensors["model"], ckpt.path)
-        ema.load_state_dict(ckpt.tensors["ema"])
-        optimizer.load_state_dict(ckpt.meta["optimizer_state"])
-        lr_scheduler.load_state_dict(ckpt.meta["lr_scheduler"])
+        step, epoch, pos, skipped, bad_in_row = restore(ckpt, opts, model.net, ema, optimizer, lr_scheduler, noise_gen,
+                                                        ctx.rank, device)
         rng = ckpt.tensors["rng"]
-        noise_gen.set_state(rng["noise"])
-        mine = {k.split(".", 1)[1]: v for k, v in rng.items() if k.startswith(f"rank{ctx.rank}.")}
-        if not mine and ctx.rank == 0 and "torch" in rng:           # a checkpoint from before per-process states
-            mine = {"torch": rng["torch"]}
-        if mine:
-            set_rng_state(mine, device)
-        progress_meta = ckpt.meta["progress"]
-        step, epoch, pos = (progress_meta[k] for k in ("step", "epoch", "pos"))
-        skipped, bad_in_row = progress_meta.get("skipped", 0), progress_meta.get("bad_in_row", 0)
         saved_step = step
         distributed.barrier(ctx)                     # every process has read the files before any is moved
         for path, why in ckpt.corrupt:
