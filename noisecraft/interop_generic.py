@@ -15,14 +15,13 @@ Guidance as in Ho & Salimans (2021), both branches in one batch (noisecraft.guid
 """
 from __future__ import annotations
 
-import inspect
-
 import torch
-from diffusers import ConfigMixin, DiffusionPipeline, ImagePipelineOutput, ModelMixin
+from diffusers import ConfigMixin, DiffusionPipeline, ModelMixin
 from diffusers.configuration_utils import register_to_config
 from diffusers.utils.torch_utils import randn_tensor
 
 from noisecraft.guidance import condition, guided
+from noisecraft.interop_pipeline import run_scheduler       # a function only: one pipeline class per module
 from noisecraft.models import DiffusionModel, ModelConfig
 
 
@@ -67,18 +66,7 @@ class NoisecraftPipeline(DiffusionPipeline):
         shape = (n, *model.config.image_shape)
         image = latents.to(self.device) if latents is not None else \
             randn_tensor(shape, generator=generator, device=self.device, dtype=torch.float32)
-        image = image * self.scheduler.init_noise_sigma
-        self.scheduler.set_timesteps(num_inference_steps)
-        accepted = inspect.signature(self.scheduler.step).parameters
-        extra = {k: v for k, v in (("eta", eta), ("use_clipped_model_output", use_clipped_model_output),
-                                   ("generator", generator)) if k in accepted and v is not None}
-        for t in self.progress_bar(self.scheduler.timesteps):
-            x = self.scheduler.scale_model_input(image, t)
-            out = net(x, torch.full((n,), float(t), device=self.device))
-            image = self.scheduler.step(out, t, image, **extra).prev_sample
-        image = (image / 2 + 0.5).clamp(0, 1)
-        if output_type == "pil":
-            image = self.numpy_to_pil(image.cpu().permute(0, 2, 3, 1).float().numpy())
-        elif output_type == "np":
-            image = image.cpu().permute(0, 2, 3, 1).float().numpy()
-        return ImagePipelineOutput(images=image) if return_dict else (image,)
+        return run_scheduler(self, image, lambda x, t: net(x, torch.full((n,), float(t), device=self.device)),
+                             num_inference_steps, generator=generator, eta=eta,
+                             use_clipped_model_output=use_clipped_model_output, output_type=output_type,
+                             return_dict=return_dict)

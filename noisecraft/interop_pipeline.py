@@ -42,23 +42,34 @@ class NoisecraftPipeline(DiffusionPipeline):
         shape = (len(labels), config.in_channels, size, size)
         image = latents.to(self.device, self.unet.dtype) if latents is not None else \
             randn_tensor(shape, generator=generator, device=self.device, dtype=self.unet.dtype)
-        image = image * self.scheduler.init_noise_sigma
-        self.scheduler.set_timesteps(num_inference_steps)
-        accepted = inspect.signature(self.scheduler.step).parameters
-        extra = {k: v for k, v in (("eta", eta), ("use_clipped_model_output", use_clipped_model_output),
-                                   ("generator", generator)) if k in accepted and v is not None}
         both = torch.cat([labels, torch.full_like(labels, null)])
-        for t in self.progress_bar(self.scheduler.timesteps):
-            x = self.scheduler.scale_model_input(image, t)
+
+        def predict(x: torch.Tensor, t) -> torch.Tensor:
             if guidance_scale == 1.0:
-                out = self.unet(x, t, class_labels=labels).sample
-            else:
-                out_cond, out_uncond = self.unet(torch.cat([x, x]), t, class_labels=both).sample.chunk(2)
-                out = out_uncond + guidance_scale * (out_cond - out_uncond)
-            image = self.scheduler.step(out, t, image, **extra).prev_sample
-        image = (image / 2 + 0.5).clamp(0, 1)
-        if output_type == "pil":
-            image = self.numpy_to_pil(image.cpu().permute(0, 2, 3, 1).float().numpy())
-        elif output_type == "np":
-            image = image.cpu().permute(0, 2, 3, 1).float().numpy()
-        return ImagePipelineOutput(images=image) if return_dict else (image,)
+                return self.unet(x, t, class_labels=labels).sample
+            out_cond, out_uncond = self.unet(torch.cat([x, x]), t, class_labels=both).sample.chunk(2)
+            return out_uncond + guidance_scale * (out_cond - out_uncond)
+
+        return run_scheduler(self, image, predict, num_inference_steps, generator=generator, eta=eta,
+                             use_clipped_model_output=use_clipped_model_output, output_type=output_type,
+                             return_dict=return_dict)
+
+
+def run_scheduler(pipe: DiffusionPipeline, image: torch.Tensor, predict, num_inference_steps: int, *, generator, eta,
+                  use_clipped_model_output, output_type: str, return_dict: bool):
+    """The reverse process with `pipe.scheduler` from the initial noise `image`, `predict(x, t)` giving the model
+    output; the step options the scheduler accepts are passed on. Images in [0, 1] as `output_type` asks."""
+    image = image * pipe.scheduler.init_noise_sigma
+    pipe.scheduler.set_timesteps(num_inference_steps)
+    accepted = inspect.signature(pipe.scheduler.step).parameters
+    extra = {k: v for k, v in (("eta", eta), ("use_clipped_model_output", use_clipped_model_output),
+                               ("generator", generator)) if k in accepted and v is not None}
+    for t in pipe.progress_bar(pipe.scheduler.timesteps):
+        out = predict(pipe.scheduler.scale_model_input(image, t), t)
+        image = pipe.scheduler.step(out, t, image, **extra).prev_sample
+    image = (image / 2 + 0.5).clamp(0, 1)
+    if output_type == "pil":
+        image = pipe.numpy_to_pil(image.cpu().permute(0, 2, 3, 1).float().numpy())
+    elif output_type == "np":
+        image = image.cpu().permute(0, 2, 3, 1).float().numpy()
+    return ImagePipelineOutput(images=image) if return_dict else (image,)
