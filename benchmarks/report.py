@@ -54,6 +54,7 @@ def main() -> None:
     sections += digits_10nfe_section()
     sections += conditional_sections()
     sections += quality_section()
+    sections += speed_section()
     DOCS.write_text("\n".join(sections))
     print(f"wrote {DOCS}")
     readme_summary()
@@ -236,6 +237,61 @@ def quality_section() -> list[str]:
             " ".join(f"![{lib} 20 calls](../benchmarks/results/quality-{lib}-20nfe-grid.png)" for lib in r["final"]), "",
             "Left: noisecraft, right: diffusers; 64 samples each at 20 model calls.", ""]
     return out
+
+def speed_section() -> list[str]:
+    """CPU speed against diffusers at matched FLOPs (benchmarks/speed.py)."""
+    path = ROOT / "results" / "speed.json"
+    if not path.exists():
+        return []
+    r = json.loads(path.read_text())
+    res, ceil = r["results"], r["ceiling"]
+    gf = r["gflops_per_image"]
+    out = ["## CPU speed against diffusers at matched FLOPs", "",
+           f"Command: `python benchmarks/speed.py`. noisecraft's `{r['preset']}` UNet ({r['params_millions']['noisecraft']:.2f} M "
+           f"parameters, {gf['noisecraft']:.3f} GFLOP per image) against a diffusers UNet2DModel with the same layout "
+           f"({r['params_millions']['diffusers']:.2f} M, {gf['diffusers']:.3f} GFLOP; counted with torch's FlopCounterMode). "
+           f"Best of {r.get('repeats', 5)} after warm-up, libraries alternating; torch {r['torch']}, {r['threads']} threads, {r['cpu']}.",
+           "",
+           f"Machine ceiling (GFLOP/s): fp32 convolution {ceil['fp32']['conv_gflops']:.0f}, matmul "
+           f"{ceil['fp32']['matmul_gflops']:.0f}; bf16 convolution {ceil['bf16']['conv_gflops']:.0f}, matmul "
+           f"{ceil['bf16']['matmul_gflops']:.0f} (AMX). Shares below are of the higher figure of the same precision.", "",
+           "| configuration | forward b1 (img/s) | forward b16 | forward b64 | train b32 | sample 64 x 20 steps "
+           "| b16 GFLOP/s (share of ceiling) | peak MB forward b64 / train b32 |",
+           "|---|---|---|---|---|---|---|---|"]
+    for name in ("diffusers", "diffusers-channels_last", "noisecraft", "diffusers-bf16", "noisecraft-bf16"):
+        m = res[name]
+        out.append(f"| {name} | {m['forward_b1']:.1f} | {m['forward_b16']:.1f} | {m['forward_b64']:.1f} | {m['train_b32']:.1f} "
+                   f"| {m['sample_64x20']:.2f} | {m['gflops_forward_b16']:.0f} ({m['ceiling_share_forward_b16']:.0%}) "
+                   f"| {m['peak_memory_mb_forward']:.0f} / {m['peak_memory_mb_train']:.0f} |")
+    c = res["noisecraft-compile"]
+    out += ["", f"`--compile` (torch.compile, fp32): forward b16 {c['forward_b16']:.1f} img/s after a "
+            f"{c['compile_seconds']:.0f} s first call ({r['ratios']['noisecraft-compile/noisecraft forward_b16']:.2f}x eager).", "",
+            "Throughput ratios at matched FLOPs (images/s x GFLOP/image):", "",
+            "| ratio | forward b1 | forward b16 | forward b64 | train b32 | sample 64 x 20 |", "|---|---|---|---|---|---|"]
+    for label, q in r["ratios"].items():
+        if isinstance(q, dict):
+            out.append(f"| {label} | " + " | ".join(f"{q[k]:.2f}" for k in ("forward_b1", "forward_b16", "forward_b64",
+                                                                             "train_b32", "sample_64x20")) + " |")
+    if "presets" in r:
+        out += ["", "The shipped models' 32-channel presets, fp32 against bf16 (images/s):", "",
+                "| preset | forward b64 fp32 | bf16 | train b32 fp32 | bf16 |", "|---|---|---|---|---|"]
+        for preset, p in r["presets"].items():
+            out.append(f"| {preset} | {p['fp32_forward_b64']:.0f} | {p['bf16_forward_b64']:.0f} "
+                       f"({p['bf16_forward_b64'] / p['fp32_forward_b64']:.2f}x) | {p['fp32_train_b32']:.0f} "
+                       f"| {p['bf16_train_b32']:.0f} ({p['bf16_train_b32'] / p['fp32_train_b32']:.2f}x) |")
+    if "bf16_quality" in r:
+        q = r["bf16_quality"]
+        out += ["", f"bf16 quality on the shipped `fashion` model ({q['n']} class-conditional samples, DDIM 50 steps, "
+                f"guidance 2; judge test accuracy {q['judge_test_accuracy']:.1%}):", "",
+                "| run | class accuracy | FID (test split) | sampling time (s) |", "|---|---|---|---|"]
+        for label in ("fp32", "bf16", "fp32-other-noise"):
+            out.append(f"| {label} | {q[label]['class_accuracy']:.1%} | {q[label]['fid']:.2f} | {q[label]['seconds']:.1f} |")
+        out += ["", f"bf16 against fp32 from the same noise: mean |pixel difference| "
+                f"{q['mean_abs_pixel_difference_bf16_vs_fp32']:.4f}, max {q['max_abs_pixel_difference_bf16_vs_fp32']:.3f} "
+                "(pixels in [-1, 1]). `fp32-other-noise` is the seed-to-seed spread: differences within it are noise."]
+    out += ["", "![speed relative to diffusers](images/speed.png)", ""]
+    return out
+
 
 def readme_summary() -> None:
     """The README's short quality table, between its markers."""

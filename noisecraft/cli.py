@@ -17,6 +17,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar.")
 DEVICE = typer.Option("auto", help="auto | cpu | cuda (auto picks cuda when present).")
+PRECISION = typer.Option("fp32", help="fp32 | bf16 (mixed precision: convolutions and matrix products in bfloat16; "
+                                      "fastest where the CPU has AMX or on tensor-core GPUs, see docs/benchmarks.md).")
+COMPILE = typer.Option(False, "--compile", help="torch.compile the UNet: a slow first call (about 30 s), then fused "
+                                                "kernels (needs a C++ compiler on CPU).")
 
 
 def _check_seed(seed: int) -> int:
@@ -59,6 +63,8 @@ def train(
     tensorboard: bool = typer.Option(False, help="Also log to OUT/tensorboard (needs the tensorboard package)."),
     nproc: int = typer.Option(1, help="Processes on this machine (one per GPU, or CPU processes with gloo): "
                                       "launches torchrun. Several machines: run torchrun yourself (docs/training.md)."),
+    precision: str = PRECISION,
+    compile_: bool = COMPILE,
     device: str = DEVICE,
     quiet: bool = QUIET,
 ):
@@ -84,7 +90,7 @@ def train(
                         log_every=log_every, max_bad_steps=max_bad_steps, resume=resume, seed=_check_seed(seed),
                         cond=cond, sr_factor=sr_factor, prediction=prediction, schedule=schedule,
                         min_snr_gamma=min_snr_gamma, ema_decay=ema_decay, tensorboard=tensorboard,
-                        device=str(resolve_device(device)))
+                        device=str(resolve_device(device)), precision=precision, compile=compile_)
     try:
         path = run(opts, log=lambda msg: typer.echo(msg, err=True), progress=not quiet)
     except TrainingInterrupted as e:
@@ -169,11 +175,13 @@ def sample(
     clip: bool = typer.Option(True, help="Clip each x_0 estimate to [-1, 1]."),
     dynamic_threshold: Optional[float] = typer.Option(None, help="Imagen's dynamic thresholding at this quantile "
                                                                  "(e.g. 0.995) instead of plain clipping."),
+    precision: str = PRECISION,
+    compile_: bool = COMPILE,
     device: str = DEVICE,
     quiet: bool = QUIET,
 ):
     """Generate images from pure noise."""
-    from noisecraft.device import resolve_device
+    from noisecraft.device import check_precision, resolve_device, speed_up
     from noisecraft.io import save_gif
     from noisecraft.models import load_model
     from noisecraft.samplers import plan, sample as run_sampler
@@ -183,11 +191,13 @@ def sample(
     _check_seed(seed)
     if n < 1 or batch_size < 1:
         raise NoisecraftError("--n and --batch-size must be at least 1")
+    check_precision(precision)
     dev = resolve_device(device)
     net = load_model(model, device=dev)
     if hasattr(net, "model_config"):
         _sample_baseline(ctx, net, out, model=model, n=n, seed=seed, batch_size=batch_size, quiet=quiet)
         return
+    speed_up(net, precision, compile_)
     if spacing is not None and "," in spacing:                              # an explicit grid: 999,600,200
         try:
             spacing = [float(v) for v in spacing.split(",")]
@@ -212,7 +222,7 @@ def sample(
 
     _run_task(run, net, None, out, n=n, model=model, seed=seed, batch_size=batch_size, class_=class_, prompt=prompt,
               negative_prompt=negative_prompt, guidance=guidance, calls_per_batch=steps, quiet=quiet, device=dev,
-              meta={"sampler": sampler, "steps": steps, "spacing": spacing_label, "eta": eta})
+              meta={"sampler": sampler, "steps": steps, "spacing": spacing_label, "eta": eta, "precision": precision})
     if gif is not None:
         save_gif(gif, frames)
         typer.echo(f"reverse process written to {gif}")
@@ -246,7 +256,7 @@ def _sample_baseline(ctx: typer.Context, net, out: Path, *, model: str, n: int, 
 
 
 DIFFUSION_SAMPLE_OPTIONS = ("sampler", "steps", "spacing", "eta", "class_", "prompt", "negative_prompt", "guidance",
-                            "gif", "clip", "dynamic_threshold")
+                            "gif", "clip", "dynamic_threshold", "precision", "compile_")
 
 
 @app.command()

@@ -12,6 +12,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save as save_tensors
 from torch import nn
 
+from noisecraft.device import autocast
 from noisecraft.diffusion import NoiseSchedule, ScheduleConfig, check_prediction
 from noisecraft.errors import NoisecraftError
 from noisecraft.io import atomic_write_bytes, atomic_write_json
@@ -70,12 +71,14 @@ class DiffusionModel(nn.Module):
         self.net = UNet(config.unet)
         self.schedule = NoiseSchedule.from_config(config.schedule)
         self.prediction = config.prediction
+        self.precision = "fp32"          # or "bf16" autocast: noisecraft.device.speed_up
         self.grids: dict = {}            # timestep grids tuned for this model: {sampler: {steps: [t, ...]}}
         self.coefficients: dict = {}     # the learned sampler's, per grid: {sampler: {steps: [[c, ...], ...]}}
         self._text_encoder = None
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, **cond) -> torch.Tensor:
-        return self.net(x_t, t, **cond)
+        with autocast(x_t.device, self.precision):
+            return self.net(x_t, t, **cond).float()
 
     def text_encoder(self):
         """The frozen text encoder of a text-conditional model, loaded on first use."""

@@ -75,6 +75,16 @@ def test_train_from_the_cli_and_a_truncated_png_is_skipped_with_a_count(tmp_path
     assert "skipped 1 unreadable image" in err and (tmp_path / "m" / "model.safetensors").exists()
 
 
+def test_train_and_sample_with_bf16_and_the_precision_in_the_metadata(tmp_path, capsys):
+    code, _, err = run(["train", "--out", tmp_path / "m", "--max-steps", 2, "--batch-size", 8, "--precision", "bf16",
+                        "--quiet", "--sample-every", 0], capsys)
+    assert code == 0, err
+    code, _, err = run(["sample", "--model", tmp_path / "m", "--n", 2, "--steps", 3, "--precision", "bf16",
+                        "--out", tmp_path / "s", "--quiet"], capsys)
+    assert code == 0, err
+    assert Image.open(tmp_path / "s" / "0001.png").text["precision"] == "bf16"
+
+
 def _non_images(tmp_path):
     d = tmp_path / "notimages"
     d.mkdir()
@@ -113,6 +123,13 @@ BAD = {
     "unknown model": (lambda d, m: ["sample", "--model", "no-such-model", "--out", d / "o"], "unknown model"),
     "unknown sampler": (lambda d, m: ["sample", "--model", m, "--sampler", "magic", "--out", d / "o"], "unknown sampler"),
     "bad device": (lambda d, m: ["sample", "--model", m, "--device", "tpu", "--out", d / "o"], "--device"),
+    "bad precision": (lambda d, m: ["sample", "--model", m, "--precision", "fp16", "--out", d / "o"], "--precision"),
+    "bad precision in train": (lambda d, m: ["train", "--precision", "int8", "--out", d / "o", "--max-steps", 1],
+                               "--precision"),
+    "bf16 for a baseline": (lambda d, m: ["train", "--model", "vae", "--precision", "bf16", "--out", d / "o",
+                                          "--max-steps", 1], "diffusion models only"),
+    "bf16 sampling of a gan": (lambda d, m: ["sample", "--model", "digits-gan", "--precision", "bf16", "--out", d / "o"],
+                               "diffusion models only"),
     "not an int": (lambda d, m: ["sample", "--model", m, "--n", "many", "--out", d / "o"], "--n"),
     "class on unconditional": (lambda d, m: ["sample", "--model", m, "--class", "3", "--out", d / "o"], "unconditional"),
     "bad t": (lambda d, m: ["forward", "--t", "0,2000", "--out", d / "o"], "--t"),

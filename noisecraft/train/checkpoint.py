@@ -107,6 +107,7 @@ def _data_section(blob: bytes) -> memoryview:
 def serialize(tensors: dict[str, torch.Tensor], meta: dict) -> bytes:
     """safetensors bytes whose metadata carries the sha256 of the tensor bytes and of the JSON."""
     meta_json = json.dumps(meta)
+    tensors = {k: v.contiguous() for k, v in tensors.items()}       # channels_last weights are stored as NCHW
     plain = save_tensors(tensors, metadata={"noisecraft": meta_json})
     digest = hashlib.sha256(_data_section(plain))
     digest.update(meta_json.encode())

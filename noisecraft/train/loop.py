@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from noisecraft.data import load_dataset
+from noisecraft.device import check_precision, speed_up
 from noisecraft.diffusion import ScheduleConfig, check_prediction, diffusion_loss, q_sample
 from noisecraft.errors import NoisecraftError
 from noisecraft.io import save_png
@@ -73,8 +74,14 @@ class TrainOptions:
     resume: bool = False
     tensorboard: bool = False
     device: str = "cpu"
+    precision: str = "fp32"                 # bf16: autocast mixed precision (noisecraft/device.py)
+    compile: bool = False                   # torch.compile the UNet
 
     def validate(self) -> "TrainOptions":
+        check_precision(self.precision)
+        if self.model != "diffusion" and (self.precision != "fp32" or self.compile):
+            raise NoisecraftError(f"--precision and --compile apply to diffusion models only: drop them for "
+                                  f"--model {self.model}")
         if self.model != "diffusion":
             from noisecraft.baselines.train import check_options
             check_options(self)             # the family, its preset, and no diffusion-only option set
@@ -260,6 +267,7 @@ def _train(opts: TrainOptions, out: Path, ctx: distributed.Dist, log: Callable[[
     ema = EMA(model.net, opts.ema_decay)
     optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
     lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(opts.warmup_steps))
+    speed_up(model, opts.precision, opts.compile)
     noise_gen = torch.Generator().manual_seed(opts.seed + 1)    # shared: the same draws in every process
     step, epoch, pos, skipped, bad_in_row, saved_step = 0, 0, 0, 0, 0, None
 
