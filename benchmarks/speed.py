@@ -358,7 +358,7 @@ def plot(report: dict, path: Path) -> None:
     ax.set_ylabel("images/s relative to diffusers fp32")
     ax.set_title(f"CPU speed at matched FLOPs ({report['gflops_per_image']['noisecraft']:.2f} GFLOP/image, "
                  f"{report['threads']} threads)")
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, ncol=2, loc="upper left")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
