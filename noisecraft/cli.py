@@ -19,8 +19,8 @@ QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar.")
 DEVICE = typer.Option("auto", help="auto | cpu | cuda (auto picks cuda when present).")
 PRECISION = typer.Option("fp32", help="fp32 | bf16 (mixed precision: convolutions and matrix products in bfloat16; "
                                       "fastest where the CPU has AMX or on tensor-core GPUs, see docs/benchmarks.md).")
-COMPILE = typer.Option(False, "--compile", help="torch.compile the UNet: a slow first call (about 30 s), then fused "
-                                                "kernels (needs a C++ compiler on CPU).")
+COMPILE = typer.Option(False, "--compile", help="torch.compile the model: a slow first call for each input shape "
+                                                "(25-75 s on 2 CPU cores), then fused kernels (needs a C++ compiler on CPU).")
 
 
 def _check_seed(seed: int) -> int:

@@ -39,11 +39,12 @@ def autocast(device: torch.device, precision: str):
 
 
 def speed_up(model: nn.Module, precision: str = "fp32", compile: bool = False) -> nn.Module:
-    """Set how a DiffusionModel runs, in place: its precision (the output stays fp32) and, with `compile`,
-    torch.compile of its UNet (fused kernels after a slow first call per input shape; the weights and
-    state_dict keys are unchanged, so checkpoints and EMA do not notice). Shapes are static: inductor's
-    dynamic-shape lowering of convolutions fails here once a second shape is seen."""
+    """Set how a diffusion model (a DiffusionModel, or a diffusers folder's DiffusersUNet) runs, in place: its
+    precision (the output stays fp32) and, with `compile`, torch.compile of its forward (fused kernels after
+    a slow first call per input shape; the weights and state_dict keys are unchanged, so checkpoints and EMA
+    do not notice). Shapes are static: inductor's dynamic-shape lowering of convolutions fails here once a
+    second shape is seen."""
     model.precision = check_precision(precision)
     if compile:
-        model.net.compile(dynamic=False)
+        model.compile(dynamic=False)
     return model

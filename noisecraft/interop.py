@@ -34,6 +34,7 @@ import torch
 from safetensors.torch import save as save_tensors
 from torch import nn
 
+from noisecraft.device import autocast
 from noisecraft.diffusion import NoiseSchedule, ScheduleConfig, check_prediction
 from noisecraft.errors import NoisecraftError
 from noisecraft.io import _umask, atomic_write_bytes
@@ -79,6 +80,7 @@ class DiffusersUNet(nn.Module):
         self.prediction = prediction
         self.config = config
         self.null_class = null_class
+        self.precision = "fp32"          # or "bf16" autocast: noisecraft.device.speed_up
         self.grids: dict = {}
         self.coefficients: dict = {}
 
@@ -92,7 +94,8 @@ class DiffusersUNet(nn.Module):
             if self.null_class is None:
                 raise NoisecraftError("this diffusers UNet is class-conditional with no 'no class' embedding: give a class")
             class_labels = torch.full((x_t.shape[0],), self.null_class, device=x_t.device)
-        return self.unet(x_t, t, class_labels=class_labels, return_dict=False)[0]
+        with autocast(x_t.device, self.precision):
+            return self.unet(x_t, t, class_labels=class_labels, return_dict=False)[0].float()
 
     def null_cond(self, cond: dict) -> dict:
         if self.null_class is None or "class_labels" not in cond:

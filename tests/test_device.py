@@ -116,3 +116,22 @@ def test_precision_names_are_checked():
         speed_up(DiffusionModel(ModelConfig(unet=PRESETS["tiny"])), "half")
     with autocast(torch.device("cpu"), "fp32"):
         assert not torch.is_autocast_enabled("cpu")
+
+
+def test_a_diffusers_unet_runs_in_bf16_too():
+    from diffusers import UNet2DModel
+
+    from noisecraft.diffusion import NoiseSchedule
+    from noisecraft.interop import DiffusersUNet
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=16, in_channels=1, out_channels=1, block_out_channels=(32, 64), layers_per_block=1,
+                       down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+                       norm_num_groups=8)
+    model = DiffusersUNet(unet, NoiseSchedule.linear(), "epsilon", ModelConfig(unet=PRESETS["tiny"])).eval()
+    x, t = torch.randn(2, 1, 16, 16), torch.tensor([3.0, 700.0])
+    with torch.inference_mode():
+        ref = model(x, t)
+        out = speed_up(model, "bf16")(x, t)
+    assert out.dtype == torch.float32
+    assert 0 < _rel_rms(out, ref) < BF16_TOLERANCE
