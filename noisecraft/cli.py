@@ -35,8 +35,10 @@ def train(
     out: Path = typer.Option(..., help="Model directory to create (config.json, model.safetensors, checkpoint/)."),
     data: str = typer.Option("digits", help="digits | fashion-mnist | faces | shapes | emoji | an image folder | "
                                             "tar shards (shards-{000000..000009}.tar, or a folder of .tar files)."),
-    preset: str = typer.Option("tiny", help="UNet preset: tiny | mnist | shapes | small | base; for the other "
-                                            "families: tiny (16x16 grey) | mnist (28x28 grey)."),
+    preset: str = typer.Option("tiny", help="UNet preset: tiny | mnist | shapes | small | base (with --latent: its "
+                                            "widths, on the latents' size); for the other families: tiny (16x16 "
+                                            "grey) | mnist (28x28 grey); vae also tiny-spatial | base (spatial "
+                                            "latents for --latent)."),
     model: str = typer.Option("diffusion", help="Model family: diffusion | vae | gan | autoregressive "
                                                 "(docs/families.md)."),
     batch_size: int = typer.Option(32, help="Global batch size: the same whatever the number of processes."),
@@ -60,6 +62,9 @@ def train(
     schedule: str = typer.Option("linear", help="Noise schedule: linear | cosine."),
     min_snr_gamma: float = typer.Option(5.0, help="Min-SNR-gamma loss weighting (Hang et al. 2023); 0 turns it off."),
     ema_decay: float = typer.Option(0.999, help="EMA decay of the weights used for sampling."),
+    latent: Optional[Path] = typer.Option(None, help="Latent diffusion: a VAE model directory (train --model vae "
+                                                     "--preset base); the UNet learns its latents of --data, and "
+                                                     "--out keeps a copy of the VAE (docs/latent.md)."),
     tensorboard: bool = typer.Option(False, help="Also log to OUT/tensorboard (needs the tensorboard package)."),
     nproc: int = typer.Option(1, help="Processes on this machine (one per GPU, or CPU processes with gloo): "
                                       "launches torchrun. Several machines: run torchrun yourself (docs/training.md)."),
@@ -90,7 +95,8 @@ def train(
                         log_every=log_every, max_bad_steps=max_bad_steps, resume=resume, seed=_check_seed(seed),
                         cond=cond, sr_factor=sr_factor, prediction=prediction, schedule=schedule,
                         min_snr_gamma=min_snr_gamma, ema_decay=ema_decay, tensorboard=tensorboard,
-                        device=str(resolve_device(device)), precision=precision, compile=compile_)
+                        device=str(resolve_device(device)), precision=precision, compile=compile_,
+                        latent=str(latent) if latent is not None else None)
     try:
         path = run(opts, log=lambda msg: typer.echo(msg, err=True), progress=not quiet)
     except TrainingInterrupted as e:
@@ -213,7 +219,8 @@ def sample(
         def callback(i, x_t, x0):
             tick()
             if gif is not None and start == 0 and (i % record_every == 0 or i == steps - 1):
-                frames.append(reverse_frame(x_t[:16], x0[:16], f"step {i + 1}/{steps}", nrow=4))
+                x_t, x0 = (net.decode(x_t[:16]), net.decode(x0[:16])) if getattr(net, "vae", None) is not None else (x_t[:16], x0[:16])
+                frames.append(reverse_frame(x_t, x0, f"step {i + 1}/{steps}", nrow=4))
 
         return run_sampler(net, (len(gens), *net.config.image_shape), sampler=sampler, steps=steps,
                            spacing=p.grid if p.spacing == "custom" else p.spacing, eta=eta, generator=gens, cond=cond,
@@ -288,7 +295,7 @@ def tune(
     if n < 1 or min(counts) < 1 or (max_evals is not None and max_evals < 0):
         raise NoisecraftError("--n and every --steps value must be at least 1, --max-evals at least 0")
     model_dir = resolve_model_dir(model)
-    net = load_diffusion_model(model_dir, device=resolve_device(device), purpose="tuning a sampler")
+    net = load_diffusion_model(model_dir, device=resolve_device(device), purpose="tuning a sampler", pixel_space=True)
     for k in counts:
         bar = tqdm(desc=f"{sampler} {k} steps", disable=quiet, unit="eval", dynamic_ncols=True)
         progress = lambda i, e: (bar.update(1), bar.set_postfix(error=f"{e:.4f}"))
@@ -494,7 +501,7 @@ def upscale(
     if method not in METHODS:
         raise NoisecraftError(f"unknown --method {method!r}: use one of {', '.join(METHODS)}")
     dev = resolve_device(device)
-    net = load_diffusion_model(model, device=dev, purpose="upscaling")
+    net = load_diffusion_model(model, device=dev, purpose="upscaling", pixel_space=True)
     size, channels = net.config.unet.image_size, net.config.unet.in_channels
     files, pils = _read_inputs(image)
     if factor is None and net.config.sr_factor:
@@ -545,7 +552,8 @@ def edit(
     net = load_diffusion_model(model, device=dev, purpose="editing")
     p, grid = edit_plan(net, net.schedule, strength, sampler, steps, None, eta)
     files, pils = _read_inputs(image)
-    images = _to_model(files, pils, net.config.unet.in_channels, net.config.unet.image_size)
+    channels, size = net.config.image_shape[:2]
+    images = _to_model(files, pils, channels, size)
     run = lambda start, x, gens, cond, negative, g, callback: run_edit(
         net, x, strength, sampler=sampler, steps=steps, eta=eta, generator=gens, cond=cond, guidance_scale=g,
         negative_cond=negative, callback=callback)
@@ -593,7 +601,7 @@ def inpaint(
         raise NoisecraftError("give the region to fill as --mask M.png or as --box x0,y0,x1,y1 (one of them)")
     calls = model_calls(steps, jump, resample)
     dev = resolve_device(device)
-    net = load_diffusion_model(model, device=dev, purpose="inpainting")
+    net = load_diffusion_model(model, device=dev, purpose="inpainting", pixel_space=True)
     size = net.config.unet.image_size
     files, pils = _read_inputs(image)
     given = read_mask(mask) if mask is not None else None

@@ -389,7 +389,7 @@ def export_diffusers(model: str | Path, out: str | Path) -> Path:
     model_dir = resolve_model_dir(model)
     if diffusers_kind(model_dir):
         raise NoisecraftError(f"{model_dir} is already a diffusers folder: diffusers loads it as it is")
-    net = load_diffusion_model(model_dir, purpose="export to diffusers")
+    net = load_diffusion_model(model_dir, purpose="export to diffusers", pixel_space=True)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise NoisecraftError(f"{out} already exists and is not an empty folder: choose a new --out or remove it")
     try:

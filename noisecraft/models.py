@@ -12,6 +12,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save as save_tensors
 from torch import nn
 
+from noisecraft.baselines.vae import VAE, VAEConfig
 from noisecraft.device import autocast
 from noisecraft.diffusion import NoiseSchedule, ScheduleConfig, check_prediction
 from noisecraft.errors import NoisecraftError
@@ -21,6 +22,7 @@ from noisecraft.nets import UNet, UNetConfig
 from noisecraft.version import __version__
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+VAE_WEIGHTS_FILE = "vae.safetensors"     # a latent diffusion model's autoencoder, beside its UNet
 
 
 @dataclass
@@ -38,11 +40,19 @@ class ModelConfig:
     guidance: float = 1.0                    # default classifier-free guidance scale for sampling
     text_encoder: str | None = None          # cond "text": "minilm" or a local encoder folder (nets/text.py)
     max_tokens: int = 24                     # prompt length the text encoder pads or truncates to
+    vae: VAEConfig | None = None             # latent diffusion: the UNet denoises this VAE's latents (vae.safetensors)
+    latent_scale: float = 1.0                # the UNet's data are z * latent_scale, z the posterior mean
     description: str = ""
     noisecraft_version: str = __version__
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
+        """One generated image: the UNet's input, or for a latent diffusion model the VAE's images."""
+        return self.vae.image_shape if self.vae is not None else self.unet_shape
+
+    @property
+    def unet_shape(self) -> tuple[int, int, int]:
+        """One input of the UNet: an image, or for a latent diffusion model a (scaled) latent."""
         return (self.unet.in_channels, self.unet.image_size, self.unet.image_size)
 
     def to_dict(self) -> dict:
@@ -54,7 +64,8 @@ class ModelConfig:
         try:
             unet = UNetConfig.from_dict(d.pop("unet"))
             schedule = ScheduleConfig(**d.pop("schedule"))
-            config = cls(unet=unet, schedule=schedule, **d)
+            vae = d.pop("vae", None)
+            config = cls(unet=unet, schedule=schedule, vae=VAEConfig.from_dict(vae) if vae is not None else None, **d)
         except (KeyError, TypeError) as e:
             raise NoisecraftError(f"config.json is not a noisecraft model config ({e})") from None
         check_prediction(config.prediction)
@@ -69,6 +80,7 @@ class DiffusionModel(nn.Module):
         super().__init__()
         self.config = config
         self.net = UNet(config.unet)
+        self.vae = VAE(config.vae).requires_grad_(False) if config.vae is not None else None    # frozen
         self.schedule = NoiseSchedule.from_config(config.schedule)
         self.prediction = config.prediction
         self.precision = "fp32"          # or "bf16" autocast: noisecraft.device.speed_up
@@ -79,6 +91,26 @@ class DiffusionModel(nn.Module):
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, **cond) -> torch.Tensor:
         with autocast(x_t.device, self.precision):
             return self.net(x_t, t, **cond).float()
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """A latent diffusion model's data for `images` (B, *image_shape) in [-1, 1]: the VAE's posterior mean
+        times latent_scale, (B, *unet_shape). Scaling the latents to unit variance lets the UNet and schedule
+        of pixel diffusion work unchanged (Rombach et al. 2022, Appendix G; Stable Diffusion's scaling_factor)."""
+        if self.vae is None:
+            raise NoisecraftError("this model denoises pixels: it has no VAE to encode with")
+        if tuple(images.shape[1:]) != self.config.image_shape:
+            raise NoisecraftError(f"this latent diffusion model encodes {self.config.image_shape} images, "
+                                  f"got {tuple(images.shape[1:])}")
+        with torch.no_grad():
+            return self.vae.encode(images.to(self.vae.log_scale))[0] * self.config.latent_scale   # (B, c, h, w)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Images (B, *image_shape) in [-1, 1] for a latent diffusion model's data z (B, *unet_shape): the
+        mean of the VAE's p(x | z / latent_scale), clipped."""
+        if self.vae is None:
+            raise NoisecraftError("this model denoises pixels: it has no VAE to decode with")
+        with torch.no_grad():
+            return self.vae.decode(z.to(self.vae.log_scale) / self.config.latent_scale).clamp(-1, 1)
 
     def text_encoder(self):
         """The frozen text encoder of a text-conditional model, loaded on first use."""
@@ -189,27 +221,51 @@ def load_model(name_or_dir: str | Path, device: str | torch.device = "cpu") -> n
     config = ModelConfig.from_dict(raw)
     model = DiffusionModel(config)
     load_state(model.net, read_weights(model_dir / WEIGHTS_FILE), model_dir / WEIGHTS_FILE)
+    if model.vae is not None:
+        load_state(model.vae, read_weights(model_dir / VAE_WEIGHTS_FILE), model_dir / VAE_WEIGHTS_FILE)
     model.grids, model.coefficients = read_grids(model_dir), read_coefficients(model_dir)
     return model.to(device).eval()
 
 
-def load_diffusion_model(name_or_dir: str | Path, device: str | torch.device = "cpu", purpose: str = "this") -> nn.Module:
+def load_diffusion_model(name_or_dir: str | Path, device: str | torch.device = "cpu", purpose: str = "this",
+                         pixel_space: bool = False) -> nn.Module:
     """load_model for the uses only a diffusion model serves (guided sampling, upscaling, editing, inpainting,
-    tuning, export, serving): a VAE, GAN or autoregressive model is a clear error instead of a failure later."""
+    tuning, export, serving): a VAE, GAN or autoregressive model is a clear error instead of a failure later;
+    with `pixel_space`, so is a latent diffusion model (check_pixel_space)."""
     model = load_model(name_or_dir, device)
     family = getattr(getattr(model, "model_config", None), "family", None)
     if family is not None:
         raise NoisecraftError(f"{name_or_dir} is a {family} model: {purpose} needs a diffusion model "
                               "(one trained with --model diffusion, a shipped diffusion model or a diffusers folder)")
+    if pixel_space:
+        check_pixel_space(model, purpose)
     return model
+
+
+def check_pixel_space(model, purpose: str) -> None:
+    """Refuse a latent diffusion model for work defined on the pixels of x_t (inpainting masks, upscaling's
+    low-resolution constraint), or not carried over to latents yet (grid tuning, export): its x_t are VAE latents."""
+    if getattr(model, "vae", None) is not None:
+        raise NoisecraftError(f"{purpose} needs a pixel-space diffusion model, and this is a latent diffusion model "
+                              "(its x_t are VAE latents): use a model trained without --latent")
 
 
 def save_model(model_dir: str | Path, config: ModelConfig, net_state: dict[str, torch.Tensor],
                dtype: torch.dtype = torch.float32) -> Path:
     """Write config.json and model.safetensors, each atomically; weights first, so a config
-    never points at weights that are not there yet."""
+    never points at weights that are not there yet (a latent model's vae.safetensors: save_vae)."""
     model_dir = Path(model_dir)
-    tensors = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous() for k, v in net_state.items()}
-    atomic_write_bytes(model_dir / WEIGHTS_FILE, save_tensors(tensors, metadata={"format": "pt"}))
+    save_weights(model_dir / WEIGHTS_FILE, net_state, dtype)
     atomic_write_json(model_dir / CONFIG_FILE, config.to_dict())
     return model_dir
+
+
+def save_vae(model_dir: str | Path, vae: nn.Module) -> Path:
+    """A latent diffusion model's own copy of its VAE's weights, so the directory works wherever it is moved."""
+    return save_weights(Path(model_dir) / VAE_WEIGHTS_FILE, vae.state_dict())
+
+
+def save_weights(path: Path, state: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32) -> Path:
+    tensors = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous() for k, v in state.items()}
+    atomic_write_bytes(path, save_tensors(tensors, metadata={"format": "pt"}))
+    return path

@@ -6,7 +6,7 @@ Every family's inference module has `.config` (its dataclass, with `image_shape`
 A model directory's config.json is {"family": ..., FAMILY: {its config}, "data": ..., "description": ...}."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -63,7 +63,8 @@ def check_family(family: str) -> None:
 
 
 def preset(family: str, name: str):
-    """The family's config for a preset name: tiny (16x16 grey) or mnist (28x28 grey), as the UNet's."""
+    """The family's config for a preset name: tiny (16x16 grey) or mnist (28x28 grey), as the UNet's; the VAE
+    also has tiny-spatial and base (64x64 RGB), spatial latents for latent diffusion."""
     presets = FAMILIES[family][1]
     if name not in presets:
         raise NoisecraftError(f"unknown preset {name!r} for --model {family}: use one of {', '.join(presets)}")

@@ -27,6 +27,7 @@ class ARConfig:
     width: int = 32
     kernel_size: int = 3
     dilations: tuple[int, ...] = (1, 2, 1, 4, 1, 2, 1)    # one gated layer each; rows seen above = 1 + sum
+    dropout: float = 0.0                        # on both stacks' gated outputs, in training only
 
     def __post_init__(self):
         object.__setattr__(self, "dilations", tuple(self.dilations))
@@ -35,6 +36,8 @@ class ARConfig:
                                   "(tiny or mnist)")
         if self.levels < 2 or self.kernel_size < 3 or self.kernel_size % 2 == 0:
             raise NoisecraftError("autoregressive levels must be >= 2 and kernel_size odd and >= 3")
+        if not 0 <= self.dropout < 1:
+            raise NoisecraftError(f"autoregressive dropout must be in [0, 1), got {self.dropout}")
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -48,7 +51,10 @@ class ARConfig:
 
 
 PRESETS: dict[str, ARConfig] = {
-    "tiny": ARConfig(image_size=16, levels=16, width=32, dilations=(1, 2, 1, 4, 1, 2, 1)),             # digits
+    # 16x16 digits at 8 levels: fewer softmax classes to learn, and nothing the digits judge misses (it calls 97.5%
+    # of the real test digits confidently, quantized to 8 levels or not). Share of 500 samples it calls confidently:
+    # 0.41 with 16 levels after 3,420 steps, 0.58 with 8 after 4,000.
+    "tiny": ARConfig(image_size=16, levels=8, width=32, dilations=(1, 2, 1, 4, 1, 2, 1)),
     "mnist": ARConfig(image_size=28, levels=256, width=64, dilations=(1, 2, 1, 4, 1, 2, 1, 4, 1, 2)),  # Fashion
 }
 
@@ -85,9 +91,10 @@ class GatedLayer(nn.Module):
     """One gated PixelCNN layer (van den Oord et al. 2016, Figure 2): the vertical stack feeds the
     horizontal one through a 1x1 convolution; the horizontal stack is residual."""
 
-    def __init__(self, width: int, k: int, dilation: int, first: bool = False):
+    def __init__(self, width: int, k: int, dilation: int, first: bool = False, dropout: float = 0.0):
         super().__init__()
         self.first = first
+        self.dropout = nn.Dropout(dropout)
         c_in = 1 if first else width
         self.v = MaskedConv2d(c_in, 2 * width, vertical_mask(k, not first), dilation)
         self.h = MaskedConv2d(c_in, 2 * width, horizontal_mask(k, not first), dilation)
@@ -102,8 +109,8 @@ class GatedLayer(nn.Module):
     def forward(self, v: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         v_feat = self.v(v)                                        # (B, 2W, H, W)
         h_feat = self.h(h) + self.v_to_h(v_feat)
-        h_new = self.h_out(self.gate(h_feat))
-        return self.gate(v_feat), h_new if self.first else h + h_new
+        h_new = self.h_out(self.dropout(self.gate(h_feat)))
+        return self.dropout(self.gate(v_feat)), h_new if self.first else h + h_new
 
 
 class PixelCNN(nn.Module):
@@ -112,7 +119,7 @@ class PixelCNN(nn.Module):
         self.config = config
         k, w = config.kernel_size, config.width
         self.layers = nn.ModuleList([GatedLayer(w, k, 1, first=True)] +
-                                    [GatedLayer(w, k, d) for d in config.dilations])
+                                    [GatedLayer(w, k, d, dropout=config.dropout) for d in config.dilations])
         self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(w, w, 1), nn.ReLU(), nn.Conv2d(w, config.levels, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -155,6 +155,12 @@ def sample(
     as keywords; with guidance_scale != 1, `negative_cond` (same keys) replaces the unconditional
     branch. `clip_denoised` clips each x_0 estimate to [-1, 1]; `dynamic_threshold=p` instead clips
     it at the p-quantile of its absolute values and rescales (Imagen, Saharia et al. 2022).
+
+    A latent diffusion model (one carrying a VAE, `model.decode`; noisecraft train --latent) is sampled in
+    its latent space and the result decoded: `shape` is still the shape of the images returned,
+    (batch, *model.config.image_shape), while `x_T` and the `callback`'s x_t and x0_pred have the latents'
+    shape (batch, *model.config.unet_shape). Latents are unbounded, so `clip_denoised` does not apply to
+    them (the decoded images are clipped) and `dynamic_threshold` is an error.
     """
     schedule, prediction = model_defaults(model, schedule, prediction)
     p = plan(model, schedule, sampler, steps, spacing, eta)
@@ -162,18 +168,35 @@ def sample(
     if len(shape) != 4 or min(shape) < 1:
         raise NoisecraftError(f"shape must be (batch, channels, height, width) with positive sizes, got {shape}")
     check_threshold(dynamic_threshold)
+    latent = getattr(model, "vae", None) is not None
+    if latent and dynamic_threshold is not None:
+        raise NoisecraftError("dynamic thresholding bounds pixels, and a latent diffusion model's x_0 are unbounded "
+                              "VAE latents: drop dynamic_threshold")
+    x_shape = latent_shape(model, shape) if latent else shape
     if device is None:
         param = next(iter(model.parameters()), None) if isinstance(model, torch.nn.Module) else None
         device = param.device if param is not None else torch.device("cpu")
-    noise = make_noise(shape, generator, device)
+    noise = make_noise(x_shape, generator, device)
     x = (noise() if x_T is None else x_T.to(device)).double()
-    if tuple(x.shape) != shape:
-        raise NoisecraftError(f"x_T has shape {tuple(x.shape)} but shape is {shape}")
-    denoise = guided_denoiser(model, schedule, prediction, cond, guidance_scale, negative_cond, clip_denoised,
-                              dynamic_threshold)
+    if tuple(x.shape) != x_shape:
+        raise NoisecraftError(f"x_T has shape {tuple(x.shape)} but the model denoises {x_shape}"
+                              + (f" (the latents of {shape} images)" if latent else ""))
+    denoise = guided_denoiser(model, schedule, prediction, cond, guidance_scale, negative_cond,
+                              clip_denoised and not latent, dynamic_threshold)
     with torch.inference_mode():
-        return p.fn(denoise, x, p.grid, schedule, noise=noise, eta=p.eta, callback=callback, **p.options).float()
+        x0 = p.fn(denoise, x, p.grid, schedule, noise=noise, eta=p.eta, callback=callback, **p.options)
+        return (model.decode(x0) if latent else x0).float()
+
+
+def latent_shape(model, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The latents' shape (batch, *unet_shape) for a latent diffusion model asked for images of `shape`."""
+    config = model.config
+    if tuple(shape[1:]) != config.image_shape:
+        raise NoisecraftError(f"this latent diffusion model makes {config.image_shape} images: pass shape=(batch, "
+                              f"{', '.join(map(str, config.image_shape))}), the images' shape (its UNet denoises "
+                              f"{config.unet_shape} latents, which sample() decodes), got {tuple(shape)}")
+    return (shape[0], *config.unet_shape)
 
 
 __all__ = ["SAMPLERS", "SPACINGS", "Plan", "plan", "sample", "get_sampler", "make_timesteps", "model_defaults",
-           "guided_denoiser"]
+           "guided_denoiser", "latent_shape"]

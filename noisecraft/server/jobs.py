@@ -14,6 +14,7 @@ import torch
 from noisecraft.data.transforms import flatten_pil
 from noisecraft.errors import NoisecraftError
 from noisecraft.guidance import condition
+from noisecraft.models import check_pixel_space
 from noisecraft.samplers import plan, sample
 from noisecraft.server.codec import decode_image, encode_png
 from noisecraft.server.models import ModelStore, Served
@@ -166,6 +167,7 @@ def _upscale(served: Served, o: dict, items: list[Item], limits: Limits) -> Prep
     if any(item.mask is not None or item.box is not None for item in items):
         raise NoisecraftError("task 'upscale' takes no mask or box")
     net = served.model
+    check_pixel_space(net, "task 'upscale'")
     size, channels = net.config.unet.image_size, net.config.unet.in_channels
     pils = _input_images(items, "upscale", limits)
     factor = o["factor"] or getattr(net.config, "sr_factor", 0) or None
@@ -206,6 +208,7 @@ def _edit(served: Served, o: dict, items: list[Item], limits: Limits) -> Prepare
 
 def _inpaint(served: Served, o: dict, items: list[Item], limits: Limits) -> Prepared:
     net = served.model
+    check_pixel_space(net, "task 'inpaint'")
     steps, jump, resample = o["steps"], o["jump"], o["resample"]
     reconstruction = check_reconstruction(o["reconstruction"])
     calls = model_calls(steps, jump, resample)
@@ -231,8 +234,8 @@ def _inpaint(served: Served, o: dict, items: list[Item], limits: Limits) -> Prep
 
 
 def _model_images(net, pils: list) -> torch.Tensor:
-    c = net.config.unet
-    return torch.stack([to_model_image(p, c.in_channels, c.image_size, f"image {i}") for i, p in enumerate(pils)])
+    channels, size = net.config.image_shape[:2]                       # a latent model's images, not its latents
+    return torch.stack([to_model_image(p, channels, size, f"image {i}") for i, p in enumerate(pils)])
 
 
 PREPARE: dict[str, Callable[..., Prepared]] = {"generate": _generate, "upscale": _upscale, "edit": _edit,

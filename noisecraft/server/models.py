@@ -37,9 +37,9 @@ class Served:
     def describe(self) -> dict:
         c = self.config
         names = c.class_names or ([str(i) for i in range(c.unet.num_classes)] if c.unet.num_classes else None)
-        return {"name": self.name, "description": c.description, "image_size": c.unet.image_size,
-                "channels": c.unet.in_channels, "cond": c.cond, "classes": names, "guidance": c.guidance,
-                "prediction": self.model.prediction, "schedule": c.schedule.kind,
+        return {"name": self.name, "description": c.description, "image_size": c.image_shape[1],
+                "channels": c.image_shape[0], "latent": c.vae is not None, "cond": c.cond, "classes": names,
+                "guidance": c.guidance, "prediction": self.model.prediction, "schedule": c.schedule.kind,
                 "num_timesteps": self.model.schedule.num_timesteps,
                 "upscale_factor": getattr(c, "sr_factor", 0) or None}
 

@@ -62,17 +62,21 @@ def edit(
     clip_denoised: bool = True,
 ) -> torch.Tensor:
     """SDEdit `images` (B, C, H, W) in [-1, 1] at `strength`; the other arguments are sample()'s.
-    Returns (B, C, H, W) float32. Strength 0 returns the input unchanged."""
+    Returns (B, C, H, W) float32. Strength 0 returns the input unchanged. A latent diffusion model noises
+    and denoises the images' latents (model.encode), then decodes them."""
     images = check_images(images)
     schedule, prediction = model_defaults(model, schedule, prediction)
     p, grid = edit_plan(model, schedule, strength, sampler, steps, spacing, eta)
     if len(grid) == 0:
         return images.float().clone()
-    noise = make_noise(images.shape, generator, images.device)()
+    # A latent diffusion model edits the images' latents (SDEdit in latent space, as Stable Diffusion's
+    # img2img does); sample() decodes the result.
+    x0 = model.encode(images) if getattr(model, "vae", None) is not None else images           # (B, c, h, w)
+    noise = make_noise(x0.shape, generator, images.device)()
     # sample() starts from pure noise at the top of the schedule; an edit that starts there does the same,
     # which is what makes strength 1 an ordinary sample.
     top = float(grid[0]) >= schedule.num_timesteps - 1
-    x_T = noise if top else q_sample(schedule, images.double(), grid[:1].expand(len(images)), noise.double())
+    x_T = noise if top else q_sample(schedule, x0.double(), grid[:1].expand(len(images)), noise.double())
     whole = torch.equal(grid, p.grid)
     return sample(model, images.shape, schedule, sampler=p.sampler, steps=p.steps if whole else None,
                   spacing=(p.grid if p.spacing == "custom" else p.spacing) if whole else grid, eta=p.eta,

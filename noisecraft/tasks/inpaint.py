@@ -26,6 +26,7 @@ import torch
 
 from noisecraft.diffusion import NoiseSchedule, eps_from_x0
 from noisecraft.errors import NoisecraftError
+from noisecraft.models import check_pixel_space
 from noisecraft.samplers import guided_denoiser, make_timesteps, model_defaults
 from noisecraft.samplers.common import make_noise
 from noisecraft.tasks.common import ancestral_with_known, check_images
@@ -115,6 +116,7 @@ def inpaint(
     no gradients). cond / guidance_scale / negative_cond condition a class or text model, as in sample()."""
     images = check_images(images)
     mask = check_mask(mask, images).to(images.device)
+    check_pixel_space(model, "inpainting")
     schedule, prediction = model_defaults(model, schedule, prediction)
     path = jump_path(steps, jump, resample)
     grid = make_timesteps(spacing, steps, schedule)

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from noisecraft.diffusion import NoiseSchedule, eps_from_x0
 from noisecraft.errors import NoisecraftError
+from noisecraft.models import check_pixel_space
 from noisecraft.samplers import guided_denoiser, model_defaults, plan
 from noisecraft.samplers.common import make_noise
 from noisecraft.tasks.common import ancestral_with_known, box_down, box_up, check_images
@@ -107,6 +108,7 @@ def upscale(
     model's own conditional samples); the other arguments are sample()'s. Returns (B, C, h * factor, w * factor)
     float32."""
     low_res = check_images(low_res, "low_res")
+    check_pixel_space(model, "upscaling")
     if method not in METHODS:
         raise NoisecraftError(f"unknown super-resolution method {method!r}: use one of {', '.join(METHODS)}")
     schedule, prediction = model_defaults(model, schedule, prediction)

@@ -28,7 +28,7 @@ from noisecraft.device import check_precision, speed_up
 from noisecraft.diffusion import ScheduleConfig, check_prediction, diffusion_loss, q_sample
 from noisecraft.errors import NoisecraftError
 from noisecraft.io import save_png
-from noisecraft.models import CONFIG_FILE, DiffusionModel, ModelConfig, load_state, save_model
+from noisecraft.models import CONFIG_FILE, DiffusionModel, ModelConfig, load_state, save_model, save_vae
 from noisecraft.nets import get_preset
 from noisecraft.nets.text import DEFAULT_ENCODER, MAX_TOKENS
 from noisecraft.samplers import sample
@@ -37,6 +37,7 @@ from noisecraft.train import distributed
 from noisecraft.train.checkpoint import (clean_partial_writes, list_checkpoints, load_checkpoint, rng_state,
                                          save_checkpoint, set_rng_state)
 from noisecraft.train.ema import EMA
+from noisecraft.train.latent import encode_dataset, latent_scale, load_vae
 from noisecraft.viz import make_grid
 
 CFG_DROPOUT = 0.1  # condition dropped 10% of the time, for classifier-free guidance (Ho & Salimans 2021)
@@ -76,9 +77,15 @@ class TrainOptions:
     device: str = "cpu"
     precision: str = "fp32"                 # bf16: autocast mixed precision (noisecraft/device.py)
     compile: bool = False                   # torch.compile the UNet
+    latent: str | None = None               # a VAE model directory: latent diffusion on its latents (train/latent.py)
 
     def validate(self) -> "TrainOptions":
         check_precision(self.precision)
+        if self.latent is not None and self.model != "diffusion":
+            raise NoisecraftError(f"--latent trains a diffusion model on a VAE's latents: drop it for --model {self.model}")
+        if self.latent is not None and self.cond == "superres":
+            raise NoisecraftError("--cond superres conditions on low-resolution pixels, which a latent model never "
+                                  "sees: drop --latent or --cond superres")
         if self.model != "diffusion" and (self.precision != "fp32" or self.compile):
             raise NoisecraftError(f"--precision and --compile apply to diffusion models only: drop them for "
                                   f"--model {self.model}")
@@ -88,7 +95,7 @@ class TrainOptions:
         if self.cond not in ("none", "class", "text", "superres"):
             raise NoisecraftError(f"unknown --cond {self.cond!r}: use none, class, text or superres")
         check_prediction(self.prediction)
-        size = get_preset(self.preset).image_size
+        size = get_preset(self.preset).image_size if self.model == "diffusion" else None   # baselines: their own presets
         if self.cond == "superres" and (self.sr_factor < 2 or size % self.sr_factor):
             raise NoisecraftError(f"--sr-factor must be at least 2 and divide the {self.preset} preset's image size "
                                   f"{size}, got {self.sr_factor}")
@@ -111,7 +118,7 @@ class TrainOptions:
     # rate is restored with the optimizer state, so a different --lr would be silently ignored.
     # grad_accum and the number of processes may change: they split the same global batch.
     FIXED = ("model", "data", "preset", "batch_size", "lr", "warmup_steps", "cond", "sr_factor", "prediction", "schedule",
-             "seed", "ema_decay", "min_snr_gamma")
+             "seed", "ema_decay", "min_snr_gamma", "latent")
 
 
 class TrainingInterrupted(Exception):
@@ -221,9 +228,17 @@ def train(opts: TrainOptions, log: Callable[[str], None] = print, progress: bool
         distributed.shutdown(ctx)
 
 
-def build_config(opts: TrainOptions, data, device: torch.device):
-    """The model config for this data and these options, and the caption table for --cond text."""
+def build_config(opts: TrainOptions, data, device: torch.device, vae: nn.Module | None = None, scale: float = 1.0):
+    """The model config for this data and these options, and the caption table for --cond text. With a
+    `vae` (latent diffusion), `data.images` are its latents times `scale`, and the UNet preset keeps its
+    widths but takes the latents' channels and size."""
     unet = get_preset(opts.preset)
+    if vae is not None:
+        c, h, w = data.images.shape[1:]
+        if h % 2 ** (len(unet.channel_mult) - 1):
+            raise NoisecraftError(f"the {opts.preset} UNet halves its input {len(unet.channel_mult) - 1} times, and the "
+                                  f"VAE's latents are {c}x{h}x{w}: pick a preset with fewer levels (tiny has 3)")
+        unet = replace(unet, in_channels=c, image_size=h)
     if opts.cond == "class":
         if data.labels is None:
             raise NoisecraftError(f"--cond class needs labels, and {opts.data} has none (use subfolders per class)")
@@ -241,7 +256,9 @@ def build_config(opts: TrainOptions, data, device: torch.device):
                          sr_factor=opts.sr_factor if opts.cond == "superres" else 0,
                          guidance=DEFAULT_GUIDANCE if opts.cond in ("class", "text") else 1.0,
                          text_encoder=DEFAULT_ENCODER if opts.cond == "text" else None, max_tokens=MAX_TOKENS,
-                         description=f"{opts.preset} UNet trained on {opts.data}")
+                         vae=vae.config if vae is not None else None, latent_scale=scale,
+                         description=f"{opts.preset} UNet trained on {opts.data}"
+                                     + (f" in the latent space of the VAE from {opts.latent}" if vae is not None else ""))
     return config, captions
 
 
@@ -251,21 +268,32 @@ def _train(opts: TrainOptions, out: Path, ctx: distributed.Dist, log: Callable[[
 
     device = ctx.device
     preset = get_preset(opts.preset)
-    data = load_dataset(opts.data, image_size=preset.image_size, channels=preset.in_channels, lazy=True)
+    vae = load_vae(opts.latent, device) if opts.latent is not None else None
+    pixels = vae.config if vae is not None else preset          # the images' size and channels
+    data = load_dataset(opts.data, image_size=pixels.image_size, channels=pixels.in_channels, lazy=True)
     n = len(data.images)
     if n == 0:
         raise NoisecraftError(f"data source {opts.data!r} has no images")
     if opts.batch_size > n:
         raise NoisecraftError(f"--batch-size {opts.batch_size} is larger than the {n} images of {opts.data}: lower it")
-    config, captions = build_config(opts, data, device)
+    scale = 1.0
+    if vae is not None:                              # latent diffusion: the data are the VAE's scaled latents
+        latents = encode_dataset(vae, data.images)
+        if not isinstance(data.images, torch.Tensor):
+            data.images.close()
+        scale = latent_scale(latents)
+        data = replace(data, images=latents * scale)                # (N, c, h, w)
+    config, captions = build_config(opts, data, device, vae, scale)
     writer_class = tensorboard_writer_class() if opts.tensorboard else None
 
     seed_process(opts.seed, 0)                       # every process builds the same initial weights
     model = DiffusionModel(config).to(device)
+    if vae is not None:
+        model.vae.load_state_dict(vae.state_dict())
     if ctx.rank:
         seed_process(opts.seed, ctx.rank)
     ema = EMA(model.net, opts.ema_decay)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
+    optimizer = torch.optim.AdamW(model.net.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)   # not the VAE
     lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(opts.warmup_steps))
     speed_up(model, opts.precision, opts.compile)
     noise_gen = torch.Generator().manual_seed(opts.seed + 1)    # shared: the same draws in every process
@@ -293,7 +321,7 @@ def _train(opts: TrainOptions, out: Path, ctx: distributed.Dist, log: Callable[[
     labels = data.labels.to(device) if data.labels is not None else None
     alpha_bar = model.schedule.alphas_cumprod.to(device=device, dtype=torch.float32)
     T, B, W = model.schedule.num_timesteps, opts.batch_size, ctx.world_size
-    shape = (B, *config.image_shape)
+    shape = (B, *config.unet_shape)
     order = epoch_order(n, opts.seed, epoch)
     net = model
     if W > 1:
@@ -326,7 +354,7 @@ def _train(opts: TrainOptions, out: Path, ctx: distributed.Dist, log: Callable[[
                 every = opts.checkpoint_every if opts.sample_every is None else opts.sample_every
                 if every and step % every == 0:
                     examples = fetch(torch.arange(min(64, n)))
-                    write_sample_grid(out / "samples" / f"step-{step:07d}.png", config, ema, device, examples)
+                    write_sample_grid(out / "samples" / f"step-{step:07d}.png", config, ema, device, examples, model.vae)
             except OSError as e:
                 if e.errno not in DISK_FULL:
                     raise
@@ -343,6 +371,8 @@ def _train(opts: TrainOptions, out: Path, ctx: distributed.Dist, log: Callable[[
     interval = new_interval(time.monotonic())
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
+        if vae is not None:
+            save_vae(out, vae)                       # before any config.json points at it
     log_file = open_log(out / LOG_FILE) if ctx.is_main else None
     writer = writer_class(str(out / "tensorboard")) if writer_class and ctx.is_main else None
     model.train()
@@ -384,7 +414,7 @@ def _train(opts: TrainOptions, out: Path, ctx: distributed.Dist, log: Callable[[
                     # A mean over the global batch: DDP averages over W processes, hence the factor W.
                     (loss * (len(rows) * W / B)).backward()
                 loss_sum += loss.detach().double().cpu() * len(rows)
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), opts.grad_clip)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.net.parameters(), opts.grad_clip)
             time_up = ctx.is_main and opts.max_minutes is not None and time.monotonic() - start >= 60 * opts.max_minutes
             total, stop_signal, stop_time = distributed.all_sum(
                 ctx, torch.stack([loss_sum, torch.tensor(float(max(signals, default=0)), dtype=torch.float64),
@@ -483,11 +513,15 @@ def text_table(data, source: str):
     return (states, masks, torch.tensor([row[c] for c in data.captions])), encoder
 
 
-def write_sample_grid(path: Path, config: ModelConfig, ema: EMA, device, examples: torch.Tensor, n: int = 64) -> None:
+def write_sample_grid(path: Path, config: ModelConfig, ema: EMA, device, examples: torch.Tensor, vae: nn.Module | None,
+                      n: int = 64) -> None:
     """A grid from the EMA weights with 50 DDIM steps, fixed seed, so grids across steps compare. A
-    super-resolution model upsamples the first `examples` (training images) box-averaged."""
+    super-resolution model upsamples the first `examples` (training images) box-averaged; a latent
+    model's samples are decoded by its `vae`."""
     model = DiffusionModel(config).to(device)
     model.net.load_state_dict(ema.state_dict())
+    if vae is not None:
+        model.vae.load_state_dict(vae.state_dict())
     model.eval()
     cond = {}
     if config.unet.num_classes:

@@ -74,3 +74,23 @@ def test_presets_and_config_errors():
         ARConfig(in_channels=3)
     with pytest.raises(NoisecraftError, match="levels"):
         ARConfig(levels=1)
+    with pytest.raises(NoisecraftError, match="dropout"):
+        ARConfig(dropout=1.0)
+
+
+def test_dropout_acts_in_training_only_and_keeps_the_model_causal():
+    torch.manual_seed(0)
+    net = PixelCNN(ARConfig(image_size=8, levels=4, width=8, dilations=(1, 2, 1), dropout=0.5))
+    x = dequantize(torch.randint(0, 4, (2, 1, 8, 8)), 4)
+    net.train()
+    assert not torch.equal(net(x), net(x))                          # a fresh mask each call
+    net.eval()
+    assert torch.equal(net(x), net(x))
+    later = x.clone()
+    later[:, :, 4:] = -later[:, :, 4:]                              # change rows 4..7 only
+    net.train()
+    torch.manual_seed(1)
+    a = net(x)[:, :, :4]
+    torch.manual_seed(1)
+    b = net(later)[:, :, :4]
+    assert torch.equal(a, b)                                        # rows 0..3 never see rows below, masks or not

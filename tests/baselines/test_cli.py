@@ -67,7 +67,7 @@ def test_sampler_options_are_an_error_for_a_baseline(trained, tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, match", [
     (["--model", "flow"], "unknown --model"),
-    (["--model", "vae", "--preset", "base"], "unknown preset"),
+    (["--model", "gan", "--preset", "base"], "unknown preset"),       # vae has a base preset (latent diffusion)
     (["--model", "gan", "--cond", "class"], "--cond applies to diffusion models only"),
     (["--model", "autoregressive", "--prediction", "v_prediction"], "--prediction applies"),
     (["--model", "vae", "--grad-accum", 2], "--grad-accum applies"),

@@ -4,25 +4,8 @@ import pytest
 import torch
 
 from noisecraft import NoisecraftError
-from noisecraft.baselines.common import dequantize
-from noisecraft.baselines.vae import PRESETS, VAE, VAEConfig, discretized_gaussian_log_likelihood, gaussian_kl
+from noisecraft.baselines.vae import PRESETS, VAE, VAEConfig, gaussian_kl
 from noisecraft.data import load_dataset
-
-
-@pytest.mark.parametrize("levels", [4, 256])
-def test_discretized_gaussian_is_a_distribution_over_the_grid(levels):
-    """The bins' probabilities sum to 1 for any mean and scale, tails and tiny scales included."""
-    grid = dequantize(torch.arange(levels), levels)[:, None]         # (L, 1)
-    mean = torch.tensor([-1.3, -0.2, 0.0, 0.7, 1.5, 0.33])
-    log_scale = torch.log(torch.tensor([0.5, 0.05, 1.0, 0.01, 2.0, 1e-3]))
-    p = discretized_gaussian_log_likelihood(grid, mean, log_scale, levels).exp()   # (L, 6)
-    assert torch.allclose(p.sum(0), torch.ones(6), atol=1e-4)
-
-
-def test_tiny_scale_keeps_a_gradient_for_a_far_mean():
-    mean = torch.tensor([0.9], requires_grad=True)
-    discretized_gaussian_log_likelihood(torch.tensor([0.0]), mean, torch.tensor([math.log(1e-3)]), 256).backward()
-    assert mean.grad.item() < 0                                      # pulled towards x
 
 
 def test_kl_is_zero_at_the_prior_and_matches_the_closed_form():
@@ -71,3 +54,31 @@ def test_config_errors():
         VAEConfig(image_size=18)
     with pytest.raises(NoisecraftError, match="beta"):
         VAEConfig(beta=-1)
+
+
+def test_spatial_latent_shapes_bound_and_per_image_samples():
+    assert PRESETS["tiny-spatial"].latent_shape == (4, 4, 4) and PRESETS["base"].latent_shape == (4, 16, 16)
+    assert PRESETS["base"].image_shape == (3, 64, 64)
+    torch.manual_seed(0)
+    model = VAE(VAEConfig(latent_channels=4, beta=1.0)).eval()       # 16x16 grey, two stages -> (4, 4, 4)
+    x = load_dataset("digits", image_size=16, channels=1).images[:6]
+    mu, logvar = model.encode(x)
+    assert mu.shape == logvar.shape == (6, 4, 4, 4) and model.decode(mu).shape == x.shape
+    bpd = model.bits_per_dim(x, torch.Generator().manual_seed(3))
+    loss = model.loss(x, torch.Generator().manual_seed(3))
+    assert bpd.shape == (6,) and (bpd > 0).all()
+    assert float(bpd.mean()) == pytest.approx(loss.item() / math.log(2), rel=1e-5)
+    s = model.sample(3, [torch.Generator().manual_seed(k) for k in (1, 2, 3)])
+    assert s.shape == (3, 1, 16, 16) and s.min() >= -1 and s.max() <= 1
+    assert torch.allclose(model.sample(1, [torch.Generator().manual_seed(2)])[0], s[1], atol=1e-5)
+
+
+def test_vector_latent_layout_is_unchanged():
+    """The vector-latent presets keep their Linear heads, so model directories written before spatial latents
+    existed (models/digits-vae) still load."""
+    state = VAE(PRESETS["tiny"]).state_dict()
+    assert state["encoder.7.weight"].shape == (8, 128 * 4 * 4) and state["project.weight"].shape == (128 * 4 * 4, 4)
+    spatial = VAE(PRESETS["tiny-spatial"]).state_dict()
+    assert spatial["encoder.6.weight"].shape == (8, 64, 3, 3) and spatial["project.weight"].shape == (64, 4, 3, 3)
+    with pytest.raises(NoisecraftError, match="latent_channels"):
+        VAEConfig(latent_channels=-1)

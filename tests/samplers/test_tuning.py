@@ -1,5 +1,4 @@
 """Grids tuned for a model, saved with it, used through spacing="tuned" and sampler="auto"."""
-import json
 
 import pytest
 import torch

@@ -1,7 +1,6 @@
 """Vertex AI's custom-container contract, the API key, the bounded queue and the per-request timeout."""
 import threading
 
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 

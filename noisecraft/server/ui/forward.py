@@ -49,9 +49,9 @@ def noised(ctx: UIContext, model: str, image: Image.Image | None, t: int, seed: 
     if not ctx.store.ready:
         raise gr.Error("the models are still loading: try again in a moment")
     served = ctx.store.get(model)
-    c, schedule = served.config.unet, served.model.schedule
+    (channels, size, _), schedule = served.config.image_shape, served.model.schedule
     t = int(min(max(t, 0), schedule.num_timesteps - 1))
-    x0 = from_pil(resize_square_pil(flatten_pil(image or test_card(), c.in_channels), c.image_size), c.in_channels)
+    x0 = from_pil(resize_square_pil(flatten_pil(image or test_card(), channels), size), channels)
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(int(seed or 0)))
     x_t = q_sample(schedule, x0[None].double(), torch.tensor([float(t)]), noise[None].double())[0]
     ab = float(schedule.alphas_cumprod[t])
