@@ -152,7 +152,9 @@ def ar_time(ar, vae, gan, n: int = 16) -> dict:
     ax.axhline(report["vae_seconds_per_image"], color="C2", ls=":", label=f"VAE at {vae.config.image_size}x{vae.config.image_size}")
     ax.set(xlabel="pixels per image", ylabel="seconds per image",
            title=f"sampling time, batch of {n}, {report['threads']} CPU thread(s)")
-    ax.legend(fontsize=8)
+    ax.set_xticks(pixels, [str(p) for p in pixels], minor=False)
+    ax.set_xticks([], minor=True)
+    ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     (IMAGES / "families-ar-time.png").write_bytes(figure_png(fig))
     return report

@@ -53,8 +53,10 @@ class ARConfig:
 PRESETS: dict[str, ARConfig] = {
     # 16x16 digits at 8 levels: fewer softmax classes to learn, and nothing the digits judge misses (it calls 97.5%
     # of the real test digits confidently, quantized to 8 levels or not). Share of 500 samples it calls confidently:
-    # 0.41 with 16 levels after 3,420 steps, 0.58 with 8 after 4,000.
-    "tiny": ARConfig(image_size=16, levels=8, width=32, dilations=(1, 2, 1, 4, 1, 2, 1)),
+    # 0.41 with 16 levels after 3,420 steps, 0.58 with 8 after 4,000, 0.69 after 14,000. Without dropout the model
+    # over-fits the 1,442 training digits (test 1.03 bits/dim, train 0.18); dropout 0.25 keeps them close (0.46 and
+    # 0.41 at 10,000 steps) and its samples improve for longer: 0.63 at 10,000 steps, 0.69 at 14,000, 0.74 at 20,000.
+    "tiny": ARConfig(image_size=16, levels=8, width=32, dilations=(1, 2, 1, 4, 1, 2, 1), dropout=0.25),
     "mnist": ARConfig(image_size=28, levels=256, width=64, dilations=(1, 2, 1, 4, 1, 2, 1, 4, 1, 2)),  # Fashion
 }
 
