@@ -22,6 +22,7 @@ import torch
 from noisecraft.diffusion.forward import expand, q_posterior, q_sample
 from noisecraft.diffusion.param import to_x0_eps
 from noisecraft.diffusion.schedule import NoiseSchedule
+from noisecraft.errors import NoisecraftError
 
 
 def discretized_gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor,
@@ -70,8 +71,8 @@ def decoder_variance(schedule: NoiseSchedule) -> torch.Tensor:
 @torch.no_grad()
 def term(model, schedule: NoiseSchedule, x0: torch.Tensor, t: int, noise: torch.Tensor, prediction: str,
          levels: int) -> torch.Tensor:
-    """L_{t} in the paper's numbering of index t (0-based: index t is step t+1) per image (B,), in nats: the
-    decoder's L_0 at index 0, a posterior KL above. x0 must already lie on the grid."""
+    """The bound's term at index t (paper step t+1) per image (B,), in nats: at index 0 the decoder's L_0, above it
+    L_t = KL(q(x_t | x_{t+1}, x_0) || p(x_t | x_{t+1})) in the paper's numbering. x0 must lie on the grid."""
     B = len(x0)
     t_batch = torch.full((B,), float(t), device=x0.device)
     x_t = q_sample(schedule, x0, t_batch, noise)                                     # (B, C, H, W)
@@ -93,6 +94,9 @@ def bits_per_dim(model, x: torch.Tensor, schedule: NoiseSchedule | None = None, 
     """The bound -log2 p(x) / D per image (B,) for images x (B, C, H, W) in [-1, 1] at `levels` grey levels.
     schedule and prediction default to the model's. terms=None sums all T terms (T network calls per image);
     terms=K estimates the middle sum from at most K stratified timesteps (at most K + 1 calls), without bias."""
+    if getattr(model, "vae", None) is not None:
+        raise NoisecraftError("a latent diffusion model's bound would be on its VAE latents, not on the images' "
+                              "pixels: use a pixel-space model")
     schedule = schedule or model.schedule
     prediction = prediction or model.prediction
     T = schedule.num_timesteps

@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from noisecraft import NoisecraftError
 from noisecraft.diffusion import NoiseSchedule
 from noisecraft.diffusion.bound import (bits_per_dim, decoder_variance, discretized_gaussian_log_likelihood,
                                         normal_kl, prior_term)
@@ -89,3 +90,11 @@ def test_tiny_scale_keeps_a_gradient_for_a_far_mean():
     mean = torch.tensor([0.9], requires_grad=True)
     discretized_gaussian_log_likelihood(torch.tensor([0.0]), mean, torch.tensor([math.log(1e-3)]), 256).backward()
     assert mean.grad.item() < 0                                      # pulled towards x
+
+
+def test_a_latent_model_is_refused():
+    class Latent:
+        vae = object()
+
+    with pytest.raises(NoisecraftError, match="latent"):
+        bits_per_dim(Latent(), torch.zeros(1, 1, 2, 2), SCHEDULE, "epsilon")
