@@ -190,7 +190,7 @@ def sample(
     from noisecraft.device import check_precision, resolve_device, speed_up
     from noisecraft.io import save_gif
     from noisecraft.models import load_model
-    from noisecraft.samplers import plan, sample as run_sampler
+    from noisecraft.samplers import as_images, plan, sample as run_sampler
     from noisecraft.samplers.common import check_threshold
     from noisecraft.viz import reverse_frame
 
@@ -219,8 +219,8 @@ def sample(
         def callback(i, x_t, x0):
             tick()
             if gif is not None and start == 0 and (i % record_every == 0 or i == steps - 1):
-                x_t, x0 = (net.decode(x_t[:16]), net.decode(x0[:16])) if getattr(net, "vae", None) is not None else (x_t[:16], x0[:16])
-                frames.append(reverse_frame(x_t, x0, f"step {i + 1}/{steps}", nrow=4))
+                frames.append(reverse_frame(as_images(net, x_t[:16]), as_images(net, x0[:16]), f"step {i + 1}/{steps}",
+                                            nrow=4))
 
         return run_sampler(net, (len(gens), *net.config.image_shape), sampler=sampler, steps=steps,
                            spacing=p.grid if p.spacing == "custom" else p.spacing, eta=eta, generator=gens, cond=cond,

@@ -188,6 +188,11 @@ def sample(
         return (model.decode(x0) if latent else x0).float()
 
 
+def as_images(model, x: torch.Tensor) -> torch.Tensor:
+    """A callback's x_t or x0_pred as images to show: a latent diffusion model's decoded, others' as they are."""
+    return model.decode(x) if getattr(model, "vae", None) is not None else x
+
+
 def latent_shape(model, shape: tuple[int, ...]) -> tuple[int, ...]:
     """The latents' shape (batch, *unet_shape) for a latent diffusion model asked for images of `shape`."""
     config = model.config
@@ -199,4 +204,4 @@ def latent_shape(model, shape: tuple[int, ...]) -> tuple[int, ...]:
 
 
 __all__ = ["SAMPLERS", "SPACINGS", "Plan", "plan", "sample", "get_sampler", "make_timesteps", "model_defaults",
-           "guided_denoiser", "latent_shape"]
+           "guided_denoiser", "latent_shape", "as_images"]

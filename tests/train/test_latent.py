@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from noisecraft import NoisecraftError, load_model, sample
+from noisecraft.samplers import as_images
 from noisecraft.data import load_dataset
 from noisecraft.interop import export_diffusers
 from noisecraft.tasks.edit import edit
@@ -136,3 +137,15 @@ def test_option_errors(vae_dir, tmp_path, capsys):
     code, _, err = run(["train", "--data", "digits", "--out", tmp_path / "y", "--max-steps", 1, "--quiet",
                         "--latent", tmp_path / "pixel"], capsys)
     assert_user_error(code, err, "not a VAE")
+
+
+def test_as_images_decodes_a_latent_models_callback_tensors(latent_dir):
+    """The GIF and the web UI's live preview show x_t and x0_pred through as_images: images, not latents."""
+    model = load_model(latent_dir)
+    seen = []
+    sample(model, (2, 1, 16, 16), steps=2, generator=[torch.Generator().manual_seed(s) for s in range(2)],
+           callback=lambda i, x_t, x0: seen.append((as_images(model, x_t), as_images(model, x0))))
+    for x_t, x0 in seen:
+        assert x_t.shape == x0.shape == (2, 1, 16, 16) and x0.abs().max() <= 1
+    pixels = torch.zeros(2, 1, 4, 4)
+    assert as_images(load_model("digits"), pixels) is pixels

@@ -14,6 +14,7 @@ import torch
 
 from noisecraft.errors import NoisecraftError
 from noisecraft.io import atomic_write_bytes
+from noisecraft.samplers import as_images
 from noisecraft.server.jobs import Item, prepare
 from noisecraft.server.pool import JobTimeout, ServerBusy
 from noisecraft.viz import auto_scale, to_pil
@@ -49,6 +50,7 @@ def run_streaming(ctx: UIContext, task: str, options: dict, items: list[Item]) -
 
         def preview(i, x_t, x0):
             if i % every == 0 or i == total - 1:
+                x_t, x0 = as_images(prepared.served.model, x_t[:1]), as_images(prepared.served.model, x0[:1])
                 events.put(("step", i, total, x_t[0].float().cpu().clone(), x0[0].float().cpu().clone()))
 
         job = ctx.state.pool.submit(lambda j: prepared(j, preview))
