@@ -35,7 +35,8 @@ def train(
     out: Path = typer.Option(..., help="Model directory to create (config.json, model.safetensors, checkpoint/)."),
     data: str = typer.Option("digits", help="digits | fashion-mnist | faces | shapes | emoji | an image folder | "
                                             "tar shards (shards-{000000..000009}.tar, or a folder of .tar files)."),
-    preset: str = typer.Option("tiny", help="UNet preset: tiny | mnist | shapes | small | base (with --latent: its "
+    preset: str = typer.Option("tiny", help="UNet preset: tiny | mnist | shapes | small | base, or the shapes ablations shapes-nopool | "
+                                            "shapes-nopool-x32 (with --latent: its "
                                             "widths, on the latents' size); for the other families: tiny (16x16 "
                                             "grey) | mnist (28x28 grey); vae also tiny-spatial | base (spatial "
                                             "latents for --latent)."),
@@ -65,6 +66,9 @@ def train(
     latent: Optional[Path] = typer.Option(None, help="Latent diffusion: a VAE model directory (train --model vae "
                                                      "--preset base); the UNet learns its latents of --data, and "
                                                      "--out keeps a copy of the VAE (docs/latent.md)."),
+    init: Optional[str] = typer.Option(None, help="Start from the weights of this model directory (or shipped name), "
+                                                  "which must have this run's preset and conditioning: fine-tuning, "
+                                                  "or more training for a finished model."),
     tensorboard: bool = typer.Option(False, help="Also log to OUT/tensorboard (needs the tensorboard package)."),
     nproc: int = typer.Option(1, help="Processes on this machine (one per GPU, or CPU processes with gloo): "
                                       "launches torchrun. Several machines: run torchrun yourself (docs/training.md)."),
@@ -96,7 +100,7 @@ def train(
                         cond=cond, sr_factor=sr_factor, prediction=prediction, schedule=schedule,
                         min_snr_gamma=min_snr_gamma, ema_decay=ema_decay, tensorboard=tensorboard,
                         device=str(resolve_device(device)), precision=precision, compile=compile_,
-                        latent=str(latent) if latent is not None else None)
+                        latent=str(latent) if latent is not None else None, init=init)
     try:
         path = run(opts, log=lambda msg: typer.echo(msg, err=True), progress=not quiet)
     except TrainingInterrupted as e:

@@ -54,14 +54,17 @@ class ResBlock(nn.Module):
 
 class AttentionBlock(nn.Module):
     """Multi-head self-attention over pixels, plus cross-attention to a context sequence
-    (text token states) when `context_dim` is set (Rombach et al. 2022, §3.3)."""
+    (text token states) when `context_dim` is set (Rombach et al. 2022, §3.3); with
+    self_attention=False only the cross-attention (cheap at high resolutions: L keys, not HW)."""
 
-    def __init__(self, channels: int, groups: int, head_dim: int, context_dim: int = 0):
+    def __init__(self, channels: int, groups: int, head_dim: int, context_dim: int = 0, self_attention: bool = True):
         super().__init__()
         self.heads = max(1, channels // head_dim)
-        self.norm = norm(channels, groups)
-        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
-        self.proj = zero(nn.Conv2d(channels, channels, 1))
+        self.self_attention = self_attention
+        if self_attention:
+            self.norm = norm(channels, groups)
+            self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+            self.proj = zero(nn.Conv2d(channels, channels, 1))
         self.cross = None
         if context_dim:
             self.cross_norm = norm(channels, groups)
@@ -76,9 +79,10 @@ class AttentionBlock(nn.Module):
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
                 context_mask: torch.Tensor | None = None) -> torch.Tensor:
         b, c, h, w = x.shape
-        q, k, v = self.qkv(self.norm(x)).flatten(2).transpose(1, 2).chunk(3, dim=2)  # 3 x (B, HW, C)
-        out = F.scaled_dot_product_attention(self._heads(q), self._heads(k), self._heads(v))
-        x = x + self.proj(out.transpose(1, 2).reshape(b, h * w, c).transpose(1, 2).reshape(b, c, h, w))
+        if self.self_attention:
+            q, k, v = self.qkv(self.norm(x)).flatten(2).transpose(1, 2).chunk(3, dim=2)  # 3 x (B, HW, C)
+            out = F.scaled_dot_product_attention(self._heads(q), self._heads(k), self._heads(v))
+            x = x + self.proj(out.transpose(1, 2).reshape(b, h * w, c).transpose(1, 2).reshape(b, c, h, w))
         if self.cross is None or context is None:
             return x
         q = self.cross_q(self.cross_norm(x).flatten(2).transpose(1, 2))        # (B, HW, C)

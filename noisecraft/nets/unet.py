@@ -23,13 +23,22 @@ def upsample_condition(low_res: torch.Tensor | None, size: int) -> torch.Tensor:
     return F.interpolate(low_res, scale_factor=size // low_res.shape[-1], mode="nearest")
 
 
+def attention_at(cfg: UNetConfig, res: int) -> str | None:
+    """The attention of a level at resolution res: "full" (self- and, with a context, cross-attention),
+    "cross" (cross-attention only) or None."""
+    if res in cfg.attn_resolutions:
+        return "full"
+    return "cross" if cfg.context_dim and res in cfg.cross_resolutions else None
+
+
 class Level(nn.Module):
     """A ResBlock optionally followed by attention: the unit repeated along both UNet paths."""
 
-    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, cfg: UNetConfig, attention: bool):
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, cfg: UNetConfig, attention: str | None):
         super().__init__()
         self.res = ResBlock(in_ch, out_ch, emb_dim, cfg.groups, cfg.dropout)
-        self.attn = AttentionBlock(out_ch, cfg.groups, cfg.head_dim, cfg.context_dim) if attention else None
+        self.attn = None if attention is None else AttentionBlock(
+            out_ch, cfg.groups, cfg.head_dim, cfg.context_dim, self_attention=attention == "full")
 
     def forward(self, x, emb, context=None, context_mask=None):
         x = self.res(x, emb)
@@ -45,26 +54,26 @@ class UNet(nn.Module):
         # Conditioning hook: a class embedding (plus one "null" row for classifier-free guidance)
         # and a pooled text embedding are added to the time embedding.
         self.class_emb = nn.Embedding(cfg.num_classes + 1, emb_dim) if cfg.num_classes else None
-        self.context_proj = nn.Linear(cfg.context_dim, emb_dim) if cfg.context_dim else None
+        self.context_proj = nn.Linear(cfg.context_dim, emb_dim) if cfg.context_dim and cfg.pooled_context else None
 
         self.stem = nn.Conv2d(cfg.in_channels + cfg.low_res_channels, ch, 3, padding=1)
         self.down = nn.ModuleList()
         skips, res = [ch], cfg.image_size
         for level, mult in enumerate(cfg.channel_mult):
             for _ in range(cfg.num_res_blocks):
-                self.down.append(Level(ch, cfg.base_channels * mult, emb_dim, cfg, res in cfg.attn_resolutions))
+                self.down.append(Level(ch, cfg.base_channels * mult, emb_dim, cfg, attention_at(cfg, res)))
                 ch = cfg.base_channels * mult
                 skips.append(ch)
             if level < len(cfg.channel_mult) - 1:
                 self.down.append(Downsample(ch))
                 skips.append(ch)
                 res //= 2
-        self.mid = nn.ModuleList([Level(ch, ch, emb_dim, cfg, True), Level(ch, ch, emb_dim, cfg, False)])
+        self.mid = nn.ModuleList([Level(ch, ch, emb_dim, cfg, "full"), Level(ch, ch, emb_dim, cfg, None)])
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(cfg.channel_mult))):
             for _ in range(cfg.num_res_blocks + 1):
                 self.up.append(Level(ch + skips.pop(), cfg.base_channels * mult, emb_dim, cfg,
-                                     res in cfg.attn_resolutions))
+                                     attention_at(cfg, res)))
                 ch = cfg.base_channels * mult
             if level > 0:
                 self.up.append(Upsample(ch))

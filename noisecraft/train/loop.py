@@ -28,7 +28,7 @@ from noisecraft.device import check_precision, speed_up
 from noisecraft.diffusion import ScheduleConfig, check_prediction, diffusion_loss, q_sample
 from noisecraft.errors import NoisecraftError
 from noisecraft.io import save_png
-from noisecraft.models import CONFIG_FILE, DiffusionModel, ModelConfig, load_state, save_model, save_vae
+from noisecraft.models import CONFIG_FILE, DiffusionModel, ModelConfig, load_model, load_state, save_model, save_vae
 from noisecraft.nets import get_preset
 from noisecraft.nets.text import DEFAULT_ENCODER, MAX_TOKENS
 from noisecraft.samplers import sample
@@ -78,6 +78,7 @@ class TrainOptions:
     precision: str = "fp32"                 # bf16: autocast mixed precision (noisecraft/device.py)
     compile: bool = False                   # torch.compile the UNet
     latent: str | None = None               # a VAE model directory: latent diffusion on its latents (train/latent.py)
+    init: str | None = None                 # a model directory whose weights a fresh run starts from (fine-tuning)
 
     def validate(self) -> "TrainOptions":
         check_precision(self.precision)
@@ -89,6 +90,8 @@ class TrainOptions:
         if self.model != "diffusion" and (self.precision != "fp32" or self.compile):
             raise NoisecraftError(f"--precision and --compile apply to diffusion models only: drop them for "
                                   f"--model {self.model}")
+        if self.init is not None and self.model != "diffusion":
+            raise NoisecraftError(f"--init starts a diffusion model from trained weights: drop it for --model {self.model}")
         if self.model != "diffusion":
             from noisecraft.baselines.train import check_options
             check_options(self)             # the family, its preset, and no diffusion-only option set
@@ -262,6 +265,21 @@ def build_config(opts: TrainOptions, data, device: torch.device, vae: nn.Module 
     return config, captions
 
 
+def init_weights(model: nn.Module, config: ModelConfig, source: str) -> None:
+    """Start from the weights of the model directory `source`, which must be the network this run builds
+    (same UNet, conditioning, prediction and schedule)."""
+    init = load_model(source)
+    theirs, ours = init.config, config
+    if not isinstance(init, DiffusionModel):
+        raise NoisecraftError(f"--init {source} is a {theirs.family} model, not a diffusion model")
+    changed = [name for name in ("unet", "cond", "prediction", "schedule", "vae")
+               if getattr(theirs, name, None) != getattr(ours, name, None)]
+    if changed:
+        raise NoisecraftError(f"--init {source} is not the network this run trains (its {', '.join(changed)} "
+                              "differ): use the --preset, --cond, --prediction and --schedule it was trained with")
+    model.net.load_state_dict(init.net.state_dict())
+
+
 def _train(opts: TrainOptions, out: Path, ctx: distributed.Dist, log: Callable[[str], None], progress: bool,
            signals: list[int]) -> Path:
     from tqdm import tqdm
@@ -290,6 +308,8 @@ def _train(opts: TrainOptions, out: Path, ctx: distributed.Dist, log: Callable[[
     model = DiffusionModel(config).to(device)
     if vae is not None:
         model.vae.load_state_dict(vae.state_dict())
+    if opts.init is not None and not opts.resume:       # on --resume the checkpoint's weights win
+        init_weights(model, config, opts.init)
     if ctx.rank:
         seed_process(opts.seed, ctx.rank)
     ema = EMA(model.net, opts.ema_decay)

@@ -5,7 +5,7 @@ import torch
 
 from noisecraft import NoisecraftError
 from noisecraft.nets import PRESETS, UNet, UNetConfig, get_preset
-from noisecraft.nets.layers import timestep_embedding
+from noisecraft.nets.layers import AttentionBlock, timestep_embedding
 
 
 def test_presets_name_their_shape():
@@ -62,6 +62,43 @@ def test_text_conditioning_hook_uses_context_and_mask():
     changed[0, 2:] = 100.0                                       # masked-out tokens must not matter
     torch.testing.assert_close(net(x, t, context=changed, context_mask=masked)[0],
                                net(x, t, context=context, context_mask=masked)[0])
+
+
+def _cross_attention_off(net):
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, AttentionBlock) and m.cross is not None:
+                m.cross.weight.zero_()
+                m.cross.bias.zero_()
+    return net
+
+
+@pytest.mark.parametrize("pooled", [True, False])
+def test_without_the_pooled_embedding_the_prompt_acts_only_through_cross_attention(pooled):
+    net = _trained_like(replace(PRESETS["tiny"], context_dim=24, pooled_context=pooled))
+    assert (net.context_proj is not None) == pooled
+    x, t = torch.randn(1, 1, 16, 16).repeat(2, 1, 1, 1), torch.full((2,), 300.0)
+    context = torch.randn(2, 5, 24)
+    out = _cross_attention_off(net)(x, t, context=context)
+    assert torch.allclose(out[0], out[1]) != pooled             # pooled: the mean token state still acts
+
+
+def test_cross_resolutions_add_cross_attention_only():
+    cfg = replace(PRESETS["tiny"], context_dim=24, cross_resolutions=(16,))
+    net = _trained_like(cfg)
+    cross_only = [m for m in net.modules() if isinstance(m, AttentionBlock) and not m.self_attention]
+    assert len(cross_only) == 3                                  # one down level and two up levels at 16x16
+    assert all(not hasattr(m, "qkv") and m.cross is not None for m in cross_only)
+    x, t, context = torch.randn(2, 1, 16, 16), torch.full((2,), 300.0), torch.randn(2, 5, 24)
+    before = net(x, t, context=context)
+    with torch.no_grad():
+        cross_only[0].cross.weight.add_(1.0)
+    assert not torch.allclose(before, net(x, t, context=context))
+    # Without a context the option builds nothing, and a config written before these options loads as before.
+    assert not any(isinstance(m, AttentionBlock) and not m.self_attention
+                   for m in UNet(replace(cfg, context_dim=0)).modules())
+    old = {k: v for k, v in PRESETS["shapes"].to_dict().items() if k not in ("pooled_context", "cross_resolutions")}
+    assert UNetConfig.from_dict(old) == PRESETS["shapes"]
 
 
 def test_bad_preset_and_bad_size_are_clear_errors():

@@ -107,6 +107,22 @@ def test_nan_loss_in_a_row_stops_and_keeps_the_last_good_checkpoint(tmp_path, mo
     assert all(torch.isfinite(p).all() for p in load_model(out).parameters())
 
 
+def test_init_starts_from_a_model_and_refuses_another_network(tmp_path):
+    first = quiet_train(opts(tmp_path, "a", max_steps=20))
+    # A learning rate so small that one step leaves the weights where they started.
+    tuned = quiet_train(opts(tmp_path, "b", max_steps=1, lr=1e-12, init=str(first)))
+    fresh = quiet_train(opts(tmp_path, "c", max_steps=1, lr=1e-12))
+    start, a, b = (load_model(d).net.state_dict() for d in (first, tuned, fresh))
+    for k in start:
+        torch.testing.assert_close(a[k], start[k])
+    assert not all(torch.allclose(b[k], start[k]) for k in start)
+    with pytest.raises(NoisecraftError, match="unet, cond differ"):
+        quiet_train(opts(tmp_path, "d", max_steps=1, cond="class", init=str(first)))
+    assert not (tmp_path / "d").exists()                  # nothing half-written
+    with pytest.raises(NoisecraftError, match="drop it for --model vae"):
+        quiet_train(opts(tmp_path, "e", max_steps=1, model="vae", init=str(first)))
+
+
 @pytest.mark.parametrize("kw, match", [
     ({"max_steps": None}, "say when to stop"),
     ({"batch_size": 0}, "batch-size"),
