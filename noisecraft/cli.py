@@ -35,8 +35,8 @@ def train(
     out: Path = typer.Option(..., help="Model directory to create (config.json, model.safetensors, checkpoint/)."),
     data: str = typer.Option("digits", help="digits | fashion-mnist | faces | shapes | emoji | an image folder | "
                                             "tar shards (shards-{000000..000009}.tar, or a folder of .tar files)."),
-    preset: str = typer.Option("tiny", help="UNet preset: tiny | mnist | shapes | small | base, or the shapes ablations shapes-nopool | "
-                                            "shapes-nopool-x32 (with --latent: its "
+    preset: str = typer.Option("tiny", help="UNet preset: tiny | mnist | shapes | small | base, or the shapes "
+                                            "ablations shapes-nopool | shapes-nopool-x32 (with --latent: its "
                                             "widths, on the latents' size); for the other families: tiny (16x16 "
                                             "grey) | mnist (28x28 grey); vae also tiny-spatial | base (spatial "
                                             "latents for --latent)."),

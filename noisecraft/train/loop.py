@@ -269,11 +269,10 @@ def init_weights(model: nn.Module, config: ModelConfig, source: str) -> None:
     """Start from the weights of the model directory `source`, which must be the network this run builds
     (same UNet, conditioning, prediction and schedule)."""
     init = load_model(source)
-    theirs, ours = init.config, config
     if not isinstance(init, DiffusionModel):
-        raise NoisecraftError(f"--init {source} is a {theirs.family} model, not a diffusion model")
+        raise NoisecraftError(f"--init {source} is not a noisecraft diffusion model directory")
     changed = [name for name in ("unet", "cond", "prediction", "schedule", "vae")
-               if getattr(theirs, name, None) != getattr(ours, name, None)]
+               if getattr(init.config, name) != getattr(config, name)]
     if changed:
         raise NoisecraftError(f"--init {source} is not the network this run trains (its {', '.join(changed)} "
                               "differ): use the --preset, --cond, --prediction and --schedule it was trained with")

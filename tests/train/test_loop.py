@@ -121,6 +121,8 @@ def test_init_starts_from_a_model_and_refuses_another_network(tmp_path):
     assert not (tmp_path / "d").exists()                  # nothing half-written
     with pytest.raises(NoisecraftError, match="drop it for --model vae"):
         quiet_train(opts(tmp_path, "e", max_steps=1, model="vae", init=str(first)))
+    with pytest.raises(NoisecraftError, match="not a noisecraft diffusion model"):
+        quiet_train(opts(tmp_path, "f", max_steps=1, init="digits-vae"))      # the shipped VAE
 
 
 @pytest.mark.parametrize("kw, match", [
