@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .winograd import Conv3x3
+
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """Sinusoidal embedding of (fractional) timesteps, Vaswani et al. (2017) §3.5 as used by
@@ -37,19 +39,36 @@ class ResBlock(nn.Module):
     def __init__(self, in_ch: int, out_ch: int, emb_dim: int, groups: int, dropout: float):
         super().__init__()
         self.norm1 = norm(in_ch, groups)
-        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.conv1 = Conv3x3(in_ch, out_ch)
         self.emb = nn.Linear(emb_dim, 2 * out_ch)
         self.norm2 = norm(out_ch, groups)
         self.dropout = nn.Dropout(dropout)
-        self.conv2 = zero(nn.Conv2d(out_ch, out_ch, 3, padding=1))
+        self.conv2 = zero(Conv3x3(out_ch, out_ch))
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))                               # (B, out, H, W)
         scale, shift = self.emb(F.silu(emb))[:, :, None, None].chunk(2, dim=1)
-        h = self.norm2(h) * (1 + scale) + shift
+        h = torch.addcmul(shift, self.norm2(h), 1 + scale)                  # norm(h) (1 + scale) + shift
         h = self.conv2(self.dropout(F.silu(h)))
         return self.skip(x) + h
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v over (B, heads, N, d) queries and (B, heads, L, d) keys and values
+    (Vaswani et al. 2017, eq. 1); `mask` (B, 1, 1, L) is True where a key may be attended to.
+
+    The fused kernel is the fastest in fp32 and at inference. When training in bf16 on the CPU, its
+    backward pass is 2-4x slower than the explicit product at these sizes (N, L <= 256: measured in
+    benchmarks/speed.py), so then the softmax is written out; autocast keeps the softmax in fp32."""
+    explicit = (q.device.type == "cpu" and q.dtype == torch.bfloat16 and torch.is_grad_enabled()
+                and q.requires_grad and q.shape[-2] * k.shape[-2] <= 256 * 256)
+    if not explicit:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5                  # (B, heads, N, L)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return scores.softmax(dim=-1).to(v.dtype) @ v
 
 
 class AttentionBlock(nn.Module):
@@ -81,14 +100,14 @@ class AttentionBlock(nn.Module):
         b, c, h, w = x.shape
         if self.self_attention:
             q, k, v = self.qkv(self.norm(x)).flatten(2).transpose(1, 2).chunk(3, dim=2)  # 3 x (B, HW, C)
-            out = F.scaled_dot_product_attention(self._heads(q), self._heads(k), self._heads(v))
+            out = attention(self._heads(q), self._heads(k), self._heads(v))
             x = x + self.proj(out.transpose(1, 2).reshape(b, h * w, c).transpose(1, 2).reshape(b, c, h, w))
         if self.cross is None or context is None:
             return x
         q = self.cross_q(self.cross_norm(x).flatten(2).transpose(1, 2))        # (B, HW, C)
         k, v = self.cross_kv(context).chunk(2, dim=2)                          # (B, L, C) each
         mask = None if context_mask is None else context_mask[:, None, None, :].bool()
-        out = F.scaled_dot_product_attention(self._heads(q), self._heads(k), self._heads(v), attn_mask=mask)
+        out = attention(self._heads(q), self._heads(k), self._heads(v), mask)
         return x + self.cross(out.transpose(1, 2).reshape(b, h * w, c)).transpose(1, 2).reshape(b, c, h, w)
 
 
@@ -104,7 +123,7 @@ class Downsample(nn.Module):
 class Upsample(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv = Conv3x3(channels, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
