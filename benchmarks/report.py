@@ -258,21 +258,11 @@ def speed_section() -> list[str]:
            "| configuration | forward b1 (img/s) | forward b16 | forward b64 | train b32 | sample 64 x 20 steps "
            "| b16 GFLOP/s (share of ceiling) | peak MB forward b64 / train b32 |",
            "|---|---|---|---|---|---|---|---|"]
-    for name in ("diffusers", "diffusers-channels_last", "noisecraft-direct", "noisecraft", "diffusers-bf16", "noisecraft-bf16"):
-        if name not in res:
-            continue
+    for name in ("diffusers", "diffusers-channels_last", "noisecraft", "diffusers-bf16", "noisecraft-bf16"):
         m = res[name]
-        train = f"{m['train_b32']:.1f}" if "train_b32" in m else "= noisecraft"
-        memory = (f"{m['peak_memory_mb_forward']:.0f} / {m['peak_memory_mb_train']:.0f}" if "peak_memory_mb_train" in m
-                  else "")
-        out.append(f"| {name} | {m['forward_b1']:.1f} | {m['forward_b16']:.1f} | {m['forward_b64']:.1f} | {train} "
+        out.append(f"| {name} | {m['forward_b1']:.1f} | {m['forward_b16']:.1f} | {m['forward_b64']:.1f} | {m['train_b32']:.1f} "
                    f"| {m['sample_64x20']:.2f} | {m['gflops_forward_b16']:.0f} ({m['ceiling_share_forward_b16']:.0%}) "
-                   f"| {memory} |")
-    if "noisecraft-direct" in res:
-        out += ["", "`noisecraft-direct` is noisecraft with every convolution direct (oneDNN); `noisecraft` runs its "
-                "3x3 convolutions of at least 128 channels by Winograd F(4x4, 3x3) in fp32 inference, which does a quarter "
-                "of the multiplications. GFLOP/s and shares count the direct method's FLOPs for every configuration, so "
-                "a Winograd share is an effective figure. Training is the same in both (direct convolutions)."]
+                   f"| {m['peak_memory_mb_forward']:.0f} / {m['peak_memory_mb_train']:.0f} |")
     c = res["noisecraft-compile"]
     out += ["", f"`--compile` (torch.compile, fp32): forward b16 {c['forward_b16']:.1f} img/s after a "
             f"{c['compile_seconds']:.0f} s first call ({r['ratios']['noisecraft-compile/noisecraft forward_b16']:.2f}x eager).", "",
@@ -280,16 +270,10 @@ def speed_section() -> list[str]:
             "| ratio | forward b1 | forward b16 | forward b64 | train b32 | sample 64 x 20 |", "|---|---|---|---|---|---|"]
     for label, q in r["ratios"].items():
         if isinstance(q, dict):
-            out.append(f"| {label} | " + " | ".join(f"{q[k]:.2f}" if k in q else "-" for k in (
-                "forward_b1", "forward_b16", "forward_b64", "train_b32", "sample_64x20")) + " |")
+            out.append(f"| {label} | " + " | ".join(f"{q[k]:.2f}" for k in ("forward_b1", "forward_b16", "forward_b64",
+                                                                             "train_b32", "sample_64x20")) + " |")
     if "levers" in r:
         lv = r["levers"]
-        out += ["", "The levers one at a time. Winograd F(4x4, 3x3) against the direct convolution, fp32 inference at "
-                "batch 16, for each 3x3 convolution shape of the preset (largest FLOP share first):", "",
-                "| C_in -> C_out at size | direct (ms) | Winograd (ms) | speed-up | used |", "|---|---|---|---|---|"]
-        for w in lv["winograd"]:
-            out.append(f"| {w['c_in']} -> {w['c_out']} at {w['size']}x{w['size']} | {w['direct_ms']:.2f} "
-                       f"| {w['winograd_ms']:.2f} | {w['speedup']:.2f}x | {'yes' if w['used'] else 'no'} |")
         out += ["", "The fused attention kernel against the explicit softmax(QK^T / sqrt(d))V in a bf16 training step "
                 "(forward and backward, batch 32); noisecraft trains in bf16 with the explicit one:", "",
                 "| tokens x heads | fused (ms) | explicit (ms) | speed-up |", "|---|---|---|---|"]

@@ -11,7 +11,8 @@ Measured, each as the best of several timed repeats after warm-up, alternating t
     an AdamW step at batch 32); end-to-end sampling of 64 images with 20 DPM-Solver++(2M) steps;
   - peak memory of a batch-64 forward and a batch-32 training step (resident-set growth of a fresh
     process, so both libraries are measured the same way);
-  - each figure as achieved GFLOP/s and as a share of the ceiling of its precision.
+  - each figure as achieved GFLOP/s and as a share of the ceiling of its precision;
+  - one lever alone: the fused attention kernel against the explicit product in a bf16 training step.
 Configurations: noisecraft as shipped (fp32, channels_last), noisecraft bf16 autocast, noisecraft with
 torch.compile (forward at batch 16 only: compiling costs about 30 s per shape), diffusers as shipped
 (fp32, NCHW), and diffusers given channels_last too (a reference a diffusers user could reach).
@@ -41,7 +42,6 @@ from noisecraft.io import atomic_write_json
 from noisecraft.models import DiffusionModel, ModelConfig
 from noisecraft.nets import PRESETS
 from noisecraft.nets.layers import attention
-from noisecraft.nets.winograd import MIN_CHANNELS, Conv3x3, conv3x3, transform_weight
 
 ROOT = Path(__file__).resolve().parent
 PRESET = "small"
@@ -83,16 +83,8 @@ class Diffusers(torch.nn.Module):
             return self.net(x, t).sample.float()
 
 
-def without_winograd(model: torch.nn.Module) -> torch.nn.Module:
-    for module in model.modules():
-        if isinstance(module, Conv3x3):
-            module.winograd = False
-    return model
-
-
 def build(name: str) -> torch.nn.Module:
     return {"noisecraft": lambda: noisecraft_model("fp32"), "noisecraft-bf16": lambda: noisecraft_model("bf16"),
-            "noisecraft-direct": lambda: without_winograd(noisecraft_model("fp32")),
             "noisecraft-compile": lambda: noisecraft_model("fp32"), "diffusers": lambda: Diffusers(),
             "diffusers-channels_last": lambda: Diffusers(channels_last=True),
             "diffusers-bf16": lambda: Diffusers(channels_last=True, precision="bf16")}[name]()
@@ -185,38 +177,10 @@ def ceiling(repeats: int) -> dict:
 
 
 # -- the levers one at a time ---------------------------------------------------------------------------------------
-def conv_shapes() -> list[tuple[int, int, int]]:
-    """(C_in, C_out, size) of the preset's 3x3 stride-1 convolutions, each once, by FLOPs."""
-    model, seen = noisecraft_model(), {}
-
-    def hook(module, args, out):
-        x = args[0]
-        if isinstance(module, Conv3x3):
-            key = (x.shape[1], out.shape[1], x.shape[2])
-            seen[key] = seen.get(key, 0) + out[0].numel() * x.shape[1] * 18
-    handles = [m.register_forward_hook(hook) for m in model.modules()]
-    with torch.inference_mode():
-        model(*inputs(1))
-    for h in handles:
-        h.remove()
-    return sorted(seen, key=seen.get, reverse=True)
-
-
 def levers(repeats: int) -> dict:
-    """Winograd F(4x4, 3x3) against the direct convolution for each 3x3 convolution shape of the preset
-    (fp32, batch 16, inference), and the fused attention kernel against the explicit product in a bf16
-    training step (forward and backward) at the preset's attention shapes (batch 32)."""
-    out = {"winograd": [], "attention_bf16_train": []}
-    for c_in, c_out, size in conv_shapes():
-        layer = torch.nn.Conv2d(c_in, c_out, 3, padding=1).to(memory_format=torch.channels_last)
-        x = torch.randn(16, c_in, size, size).contiguous(memory_format=torch.channels_last)
-        u = transform_weight(layer.weight.detach())
-        with torch.inference_mode():
-            direct = best_seconds(lambda: layer(x), repeats)
-            wino = best_seconds(lambda: conv3x3(x, u, layer.bias), repeats)
-        out["winograd"].append({"c_in": c_in, "c_out": c_out, "size": size, "direct_ms": direct * 1e3,
-                                "winograd_ms": wino * 1e3, "speedup": direct / wino,
-                                "used": min(c_in, c_out) >= MIN_CHANNELS and size % 4 == 0})
+    """The fused attention kernel against the explicit product in a bf16 training step (forward and
+    backward) at the preset's attention shapes (batch 32): why bf16 training uses the explicit one."""
+    out = {"attention_bf16_train": []}
     cfg = PRESETS[PRESET]
     for res in cfg.attn_resolutions:
         ch = cfg.base_channels * cfg.channel_mult[[cfg.image_size // 2 ** i for i in range(len(cfg.channel_mult))].index(res)]
@@ -333,7 +297,7 @@ def main() -> None:
         return
 
     names = ["noisecraft", "noisecraft-bf16", "diffusers", "diffusers-channels_last", "diffusers-bf16"]
-    models = {name: build(name) for name in names + ["noisecraft-direct"]}
+    models = {name: build(name) for name in names}
     flops = {name: flops_per_image(models[name]) for name in ("noisecraft", "diffusers")}
     params = {name: sum(p.numel() for p in models[name].parameters()) for name in ("noisecraft", "diffusers")}
     if abs(flops["diffusers"] / flops["noisecraft"] - 1) > 0.10:
@@ -345,9 +309,8 @@ def main() -> None:
     print(json.dumps({k: report[k] for k in ("gflops_per_image", "params_millions", "ceiling")}), flush=True)
 
     results = {name: {} for name in names}
-    results["noisecraft-direct"] = {}                   # noisecraft without Winograd: that lever alone
     for batch in BATCHES:                               # libraries alternate within each measurement
-        for name in names + ["noisecraft-direct"]:
+        for name in names:
             s = best_seconds(forward_fn(models[name], batch), args.repeats)
             results[name][f"forward_b{batch}"] = batch / s
     for name in names:
@@ -356,9 +319,6 @@ def main() -> None:
         results[name]["sample_64x20"] = SAMPLE_N / best_seconds(sample_fn(name, models[name]), max(2, args.repeats // 2),
                                                                 warmup=1)
         print(name, json.dumps(results[name]), flush=True)
-    models["noisecraft-direct"].eval()
-    results["noisecraft-direct"]["sample_64x20"] = SAMPLE_N / best_seconds(
-        sample_fn("noisecraft", models["noisecraft-direct"]), max(2, args.repeats // 2), warmup=1)
 
     compiled = speed_up(build("noisecraft-compile"), "fp32", compile=True)
     t0 = time.perf_counter()
@@ -392,9 +352,6 @@ def main() -> None:
         if not key.startswith(("gflops", "ceiling", "peak"))}
     report["ratios"]["noisecraft-compile/noisecraft forward_b16"] = (results["noisecraft-compile"]["forward_b16"]
                                                                      / results["noisecraft"]["forward_b16"])
-    report["ratios"]["noisecraft/noisecraft-direct"] = {
-        key: results["noisecraft"][key] / results["noisecraft-direct"][key] for key in results["noisecraft-direct"]
-        if not key.startswith(("gflops", "ceiling"))}
     report["levers"] = levers(args.repeats)
     report["presets"] = preset_precision(args.repeats)
     if not args.no_quality:

@@ -8,7 +8,6 @@ import torch
 from torch import nn
 
 from noisecraft.errors import NoisecraftError
-from noisecraft.nets.winograd import Conv3x3
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -47,8 +46,5 @@ def speed_up(model: nn.Module, precision: str = "fp32", compile: bool = False) -
     second shape is seen."""
     model.precision = check_precision(precision)
     if compile:
-        for module in model.modules():      # inductor lowers the convolutions itself
-            if isinstance(module, Conv3x3):
-                module.winograd = False
         model.compile(dynamic=False)
     return model

@@ -7,8 +7,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .winograd import Conv3x3
-
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """Sinusoidal embedding of (fractional) timesteps, Vaswani et al. (2017) §3.5 as used by
@@ -39,17 +37,17 @@ class ResBlock(nn.Module):
     def __init__(self, in_ch: int, out_ch: int, emb_dim: int, groups: int, dropout: float):
         super().__init__()
         self.norm1 = norm(in_ch, groups)
-        self.conv1 = Conv3x3(in_ch, out_ch)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
         self.emb = nn.Linear(emb_dim, 2 * out_ch)
         self.norm2 = norm(out_ch, groups)
         self.dropout = nn.Dropout(dropout)
-        self.conv2 = zero(Conv3x3(out_ch, out_ch))
+        self.conv2 = zero(nn.Conv2d(out_ch, out_ch, 3, padding=1))
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))                               # (B, out, H, W)
         scale, shift = self.emb(F.silu(emb))[:, :, None, None].chunk(2, dim=1)
-        h = torch.addcmul(shift, self.norm2(h), 1 + scale)                  # norm(h) (1 + scale) + shift
+        h = self.norm2(h) * (1 + scale) + shift
         h = self.conv2(self.dropout(F.silu(h)))
         return self.skip(x) + h
 
@@ -59,8 +57,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     (Vaswani et al. 2017, eq. 1); `mask` (B, 1, 1, L) is True where a key may be attended to.
 
     The fused kernel is the fastest in fp32 and at inference. When training in bf16 on the CPU, its
-    backward pass is 2-4x slower than the explicit product at these sizes (N, L <= 256: measured in
-    benchmarks/speed.py), so then the softmax is written out; autocast keeps the softmax in fp32."""
+    backward pass is 2-4x slower than the explicit product at these sizes (N x L up to 256 x 256:
+    measured in benchmarks/speed.py), so then the softmax is written out; autocast keeps it in fp32."""
     explicit = (q.device.type == "cpu" and q.dtype == torch.bfloat16 and torch.is_grad_enabled()
                 and q.requires_grad and q.shape[-2] * k.shape[-2] <= 256 * 256)
     if not explicit:
@@ -123,7 +121,7 @@ class Downsample(nn.Module):
 class Upsample(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
-        self.conv = Conv3x3(channels, channels)
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
