@@ -142,7 +142,8 @@ def shipped_note(model: str) -> str:
     if (ROOT.parent / run / "model.safetensors").read_bytes() != (shipped / "model.safetensors").read_bytes():
         return ""
     guidance = json.loads((shipped / "config.json").read_text()).get("guidance")
-    return f" Same weights as the shipped `models/{shipped.name}`, whose default guidance ({guidance:g}) was set from this table."
+    return (f" Same weights as the shipped `models/{shipped.name}`, whose default guidance is {guidance:g} "
+            "(docs/guide.md §5 says how it was chosen).")
 
 
 def conditional_sections() -> list[str]:
