@@ -1,4 +1,5 @@
 """noisecraft/nets/layers.py: the attention helper's two paths compute the same softmax(q k^T / sqrt(d)) v."""
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -18,15 +19,20 @@ def _reference(q, k, v, mask):
     return scores.masked_fill(~mask, float("-inf")).softmax(-1) @ v
 
 
-def test_bf16_training_uses_the_explicit_product_and_matches_the_definition(monkeypatch):
+@pytest.fixture
+def fused_calls(monkeypatch) -> list:
+    """One entry per call of the fused kernel from noisecraft.nets.layers."""
+    calls, real = [], F.scaled_dot_product_attention
+    monkeypatch.setattr(layers.F, "scaled_dot_product_attention", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    return calls
+
+
+def test_bf16_training_uses_the_explicit_product_and_matches_the_definition(fused_calls):
     mask = torch.ones(2, 1, 1, 7, dtype=torch.bool)
     mask[0, ..., 4:] = False                                       # a padded caption
-    calls = []
-    real = F.scaled_dot_product_attention
-    monkeypatch.setattr(layers.F, "scaled_dot_product_attention", lambda *a, **kw: calls.append(1) or real(*a, **kw))
     q, k, v = _qkv(torch.bfloat16)
     out = layers.attention(q, k, v, mask)
-    assert not calls and out.dtype == torch.bfloat16
+    assert not fused_calls and out.dtype == torch.bfloat16
     torch.testing.assert_close(out.double(), _reference(q, k, v, mask), atol=0.03, rtol=0.03)
     out.float().square().sum().backward()
 
@@ -36,13 +42,10 @@ def test_bf16_training_uses_the_explicit_product_and_matches_the_definition(monk
         assert float((a.grad.float() - b.grad).norm() / b.grad.norm()) < 0.03
 
 
-def test_fp32_and_inference_use_the_fused_kernel(monkeypatch):
+def test_fp32_and_inference_use_the_fused_kernel(fused_calls):
     mask = torch.ones(2, 1, 1, 7, dtype=torch.bool)
-    calls = []
-    real = F.scaled_dot_product_attention
-    monkeypatch.setattr(layers.F, "scaled_dot_product_attention", lambda *a, **kw: calls.append(1) or real(*a, **kw))
     q, k, v = _qkv(torch.float32)
     torch.testing.assert_close(layers.attention(q, k, v, mask).double(), _reference(q, k, v, mask), atol=1e-5, rtol=1e-5)
     with torch.inference_mode():
         layers.attention(*_qkv(torch.bfloat16, requires_grad=False))
-    assert len(calls) == 2
+    assert len(fused_calls) == 2
