@@ -132,7 +132,9 @@ def test_a_request_past_the_timeout_is_504_and_its_job_never_runs():
         error(c.post("/v1/generate", json={"steps": 2}), 504, "0.5 s limit")
         gate.set()
         blocker.future.result(5)
-        assert app.state.noisecraft.pool.pending == 0
+        pool = app.state.noisecraft.pool
+        assert pool.pending == 0
+        pool.timeout_s = 30.0                 # the pool still serves; a loaded CI machine may need over 0.5 s for it
         assert c.post("/v1/generate", json={"steps": 2}).status_code == 200
 
 
