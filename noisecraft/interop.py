@@ -34,7 +34,7 @@ import torch
 from safetensors.torch import save as save_tensors
 from torch import nn
 
-from noisecraft.device import autocast
+from noisecraft.device import autocast, cast_once
 from noisecraft.diffusion import NoiseSchedule, ScheduleConfig, check_prediction
 from noisecraft.errors import NoisecraftError
 from noisecraft.io import _umask, atomic_write_bytes
@@ -83,6 +83,11 @@ class DiffusersUNet(nn.Module):
         self.precision = "fp32"          # or "bf16" autocast: noisecraft.device.speed_up
         self.grids: dict = {}
         self.coefficients: dict = {}
+        self.cast_net = None             # the bf16 copy of unet inside cast_once()
+
+    def cast_once(self):
+        """A context for a sampling loop: in bf16, the UNet's weights are cast once, not at every call."""
+        return cast_once(self, self.unet)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None,
                 **cond) -> torch.Tensor:
@@ -94,8 +99,9 @@ class DiffusersUNet(nn.Module):
             if self.null_class is None:
                 raise NoisecraftError("this diffusers UNet is class-conditional with no 'no class' embedding: give a class")
             class_labels = torch.full((x_t.shape[0],), self.null_class, device=x_t.device)
+        unet = self.cast_net if self.cast_net is not None and not torch.is_grad_enabled() else self.unet
         with autocast(x_t.device, self.precision):
-            return self.unet(x_t, t, class_labels=class_labels, return_dict=False)[0].float()
+            return unet(x_t, t, class_labels=class_labels, return_dict=False)[0].float()
 
     def null_cond(self, cond: dict) -> dict:
         if self.null_class is None or "class_labels" not in cond:

@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save as save_tensors
 from torch import nn
 
 from noisecraft.baselines.vae import VAE, VAEConfig
-from noisecraft.device import autocast
+from noisecraft.device import autocast, cast_once
 from noisecraft.diffusion import NoiseSchedule, ScheduleConfig, check_prediction
 from noisecraft.errors import NoisecraftError
 from noisecraft.io import atomic_write_bytes, atomic_write_json
@@ -87,10 +87,16 @@ class DiffusionModel(nn.Module):
         self.grids: dict = {}            # timestep grids tuned for this model: {sampler: {steps: [t, ...]}}
         self.coefficients: dict = {}     # the learned sampler's, per grid: {sampler: {steps: [[c, ...], ...]}}
         self._text_encoder = None
+        self.cast_net = None             # the bf16 copy of net inside cast_once()
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, **cond) -> torch.Tensor:
+        net = self.cast_net if self.cast_net is not None and not torch.is_grad_enabled() else self.net
         with autocast(x_t.device, self.precision):
-            return self.net(x_t, t, **cond).float()
+            return net(x_t, t, **cond).float()
+
+    def cast_once(self):
+        """A context for a sampling loop: in bf16, the network's weights are cast once, not at every call."""
+        return cast_once(self, self.net)
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """A latent diffusion model's data for `images` (B, *image_shape) in [-1, 1]: the VAE's posterior mean

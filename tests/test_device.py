@@ -1,5 +1,6 @@
 """The speed options of noisecraft/device.py and the UNet's memory format: the fast paths compute what
 the plain fp32 path computes (fp32 within 1e-4; bf16 within the tolerance docs/benchmarks.md states)."""
+import contextlib
 from dataclasses import replace
 
 import pytest
@@ -95,6 +96,69 @@ def test_bf16_training_step_gives_fp32_gradients_close_to_fp32():
     assert _rel_rms(grads["bf16"], grads["fp32"]) < 5 * BF16_TOLERANCE
 
 
+def _weight_casts(model: torch.nn.Module, *args, **kwargs) -> int:
+    """How many times one forward pass casts one of the model's parameters to another dtype."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    params = {p.data_ptr() for p in model.parameters()}
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func in (torch.ops.aten._to_copy.default, torch.ops.aten.to.dtype) and args[0].data_ptr() in params:
+                Count.n += 1
+            return func(*args, **(kwargs or {}))
+    with Count():
+        model(*args, **kwargs)
+    return Count.n
+
+
+def test_cast_once_gives_the_same_bf16_output_without_casting_the_weights_at_every_call():
+    model = speed_up(DiffusionModel(ModelConfig(unet=replace(PRESETS["shapes"], context_dim=16))), "bf16")
+    _perturbed(model.net)
+    keys = list(model.state_dict())
+    x, t, cond = _inputs()
+    with torch.inference_mode():
+        ref = model(x, t, **cond)
+        assert _weight_casts(model, x, t, **cond) > 20                # autocast casts each conv and linear weight
+        with model.cast_once():
+            assert _weight_casts(model, x, t, **cond) == 0
+            assert torch.equal(model(x, t, **cond), ref)                # bit for bit
+            assert list(model.state_dict()) == keys
+    assert model.cast_net is None                                     # the copy goes on exit
+
+
+def test_cast_once_leaves_fp32_and_gradient_recording_alone():
+    x, t, cond = _inputs()
+    fp32 = _perturbed(DiffusionModel(ModelConfig(unet=PRESETS["tiny"])))
+    with fp32.cast_once():
+        assert fp32.cast_net is None
+    model = speed_up(DiffusionModel(ModelConfig(unet=replace(PRESETS["shapes"], context_dim=16))), "bf16")
+    _perturbed(model.net)
+    with model.cast_once():
+        model(x, t, **cond).square().mean().backward()                # training-style calls use the real weights
+    assert all(p.grad is not None for p in model.net.parameters() if p.requires_grad)
+
+
+def test_bf16_sampling_casts_the_weights_once_per_run_and_sees_changed_weights(monkeypatch):
+    import noisecraft.device
+
+    model = speed_up(_perturbed(DiffusionModel(ModelConfig(unet=PRESETS["tiny"]))), "bf16")
+    copies = []
+    real_copy = noisecraft.device.low_precision_copy
+    monkeypatch.setattr(noisecraft.device, "low_precision_copy", lambda net: copies.append(net) or real_copy(net))
+    run = lambda: sample(model, (2, 1, 16, 16), sampler="dpmpp_2m", steps=6, generator=torch.Generator().manual_seed(0))
+    first = run()
+    assert len(copies) == 1
+    with torch.no_grad():
+        model.net.stem.weight.data.mul_(1.5)                          # .data: no version bump to notice
+    second = run()
+    assert len(copies) == 2 and not torch.equal(first, second)
+    monkeypatch.setattr(model, "cast_once", contextlib.nullcontext)  # the plain path: casts at every call
+    assert torch.equal(run(), second)
+
+
 def test_compiled_unet_matches_eager_and_keeps_its_state_dict_keys():
     model = DiffusionModel(ModelConfig(unet=PRESETS["tiny"]))
     _perturbed(model.net)
@@ -133,5 +197,8 @@ def test_a_diffusers_unet_runs_in_bf16_too():
     with torch.inference_mode():
         ref = model(x, t)
         out = speed_up(model, "bf16")(x, t)
+        with model.cast_once():
+            assert _weight_casts(model, x, t) == 0
+            assert torch.equal(model(x, t), out)
     assert out.dtype == torch.float32
     assert 0 < _rel_rms(out, ref) < BF16_TOLERANCE

@@ -11,7 +11,7 @@ import torch
 
 from noisecraft.diffusion import NoiseSchedule, check_prediction
 from noisecraft.errors import NoisecraftError
-from noisecraft.samplers.common import check_threshold, make_denoiser, make_noise
+from noisecraft.samplers.common import check_threshold, make_denoiser, make_noise, weights_cast_once
 from noisecraft.samplers.ddim import ddim
 from noisecraft.samplers.ddpm import ddpm, ddpm_large
 from noisecraft.samplers.dpm import dpmpp_2m, dpmpp_2m_sde, dpmpp_3m
@@ -183,7 +183,7 @@ def sample(
                               + (f" (the latents of {shape} images)" if latent else ""))
     denoise = guided_denoiser(model, schedule, prediction, cond, guidance_scale, negative_cond,
                               clip_denoised and not latent, dynamic_threshold)
-    with torch.inference_mode():
+    with torch.inference_mode(), weights_cast_once(model):
         x0 = p.fn(denoise, x, p.grid, schedule, noise=noise, eta=p.eta, callback=callback, **p.options)
         return (model.decode(x0) if latent else x0).float()
 

@@ -9,6 +9,7 @@ respected); `callback(i, x_t, x0_hat)` runs after each step.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Callable, Sequence
 
 import torch
@@ -30,6 +31,12 @@ def sampler_info(*, nfe: Callable[[int], int], default_steps: int, default_spaci
 def alpha_bar_grid(schedule: NoiseSchedule, timesteps: torch.Tensor) -> torch.Tensor:
     """alpha_bar at each grid point plus a final 1.0 for the clean image: (steps + 1,) float64."""
     return torch.cat([schedule.alpha_bar(timesteps), torch.ones(1, dtype=torch.float64)])
+
+
+def weights_cast_once(model):
+    """The context a sampling loop runs in: a noisecraft model's cast_once() (bf16 weights cast once for the
+    whole loop, noisecraft/device.py), or nothing for any other model."""
+    return getattr(model, "cast_once", contextlib.nullcontext)()
 
 
 def make_noise(shape: Sequence[int], generator, device) -> Callable[[], torch.Tensor]:

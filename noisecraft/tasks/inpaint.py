@@ -20,6 +20,7 @@ Masks are (B or 1, 1, H, W) with 1 where the model fills and 0 where the input i
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Callable
 
 import torch
@@ -28,7 +29,7 @@ from noisecraft.diffusion import NoiseSchedule, eps_from_x0
 from noisecraft.errors import NoisecraftError
 from noisecraft.models import check_pixel_space
 from noisecraft.samplers import guided_denoiser, make_timesteps, model_defaults
-from noisecraft.samplers.common import make_noise
+from noisecraft.samplers.common import make_noise, weights_cast_once
 from noisecraft.tasks.common import ancestral_with_known, check_images
 
 DEFAULT_STEPS, DEFAULT_JUMP, DEFAULT_RESAMPLE, DEFAULT_RECONSTRUCTION = 100, 10, 1, 50.0
@@ -127,7 +128,11 @@ def inpaint(
     if reconstruction:
         denoise = reconstruction_guided(denoise, schedule, known, keep, float(reconstruction), clip_denoised)
     noise = make_noise(images.shape, generator, images.device)
-    with torch.inference_mode() if not reconstruction else torch.no_grad():
+    if reconstruction:          # its guidance differentiates through the model: gradients, the model's own weights
+        grad_mode, casts = torch.no_grad(), contextlib.nullcontext()
+    else:
+        grad_mode, casts = torch.inference_mode(), weights_cast_once(model)
+    with grad_mode, casts:
         x = ancestral_with_known(denoise, noise().double(), grid, schedule, known, lambda d: keep * d, noise,
                                  path, callback)
     return (mask * x + keep * known).float()          # the known pixels exactly, whatever the chain did

@@ -30,7 +30,7 @@ from noisecraft.diffusion import NoiseSchedule, eps_from_x0
 from noisecraft.errors import NoisecraftError
 from noisecraft.models import check_pixel_space
 from noisecraft.samplers import guided_denoiser, model_defaults, plan
-from noisecraft.samplers.common import make_noise
+from noisecraft.samplers.common import make_noise, weights_cast_once
 from noisecraft.tasks.common import ancestral_with_known, box_down, box_up, check_images
 
 
@@ -135,7 +135,7 @@ def upscale(
         raise NoisecraftError(f"the model makes {config.unet.in_channels}x{size}x{size} images: a x{factor} input must be "
                               f"{config.unet.in_channels}x{size // factor}x{size // factor}, got {c}x{h}x{w}")
     noise = make_noise((b, c, h * factor, w * factor), generator, low_res.device)
-    with torch.inference_mode():
+    with torch.inference_mode(), weights_cast_once(model):
         x = METHODS[method](model, low_res.double(), factor, schedule, prediction, sampler=sampler, steps=steps,
                             spacing=spacing, eta=eta, noise=noise, cond=cond, guidance_scale=guidance_scale,
                             negative_cond=negative_cond, callback=callback, clip_denoised=clip_denoised)
