@@ -257,22 +257,24 @@ def speed_section() -> list[str]:
            f"{ceil['fp32']['matmul_gflops']:.0f}; bf16 convolution {ceil['bf16']['conv_gflops']:.0f}, matmul "
            f"{ceil['bf16']['matmul_gflops']:.0f} (AMX). Shares below are of the higher figure of the same precision.", "",
            "| configuration | forward b1 (img/s) | forward b16 | forward b64 | train b32 | sample 64 x 20 steps "
-           "| b16 GFLOP/s (share of ceiling) | peak MB forward b64 / train b32 |",
-           "|---|---|---|---|---|---|---|---|"]
+           "| sample 1 x 20 | b16 GFLOP/s (share of ceiling) | peak MB forward b64 / train b32 |",
+           "|---|---|---|---|---|---|---|---|---|"]
     for name in ("diffusers", "diffusers-channels_last", "noisecraft", "diffusers-bf16", "noisecraft-bf16"):
         m = res[name]
         out.append(f"| {name} | {m['forward_b1']:.1f} | {m['forward_b16']:.1f} | {m['forward_b64']:.1f} | {m['train_b32']:.1f} "
-                   f"| {m['sample_64x20']:.2f} | {m['gflops_forward_b16']:.0f} ({m['ceiling_share_forward_b16']:.0%}) "
+                   f"| {m['sample_64x20']:.2f} | {m['sample_1x20']:.2f} | {m['gflops_forward_b16']:.0f} ({m['ceiling_share_forward_b16']:.0%}) "
                    f"| {m['peak_memory_mb_forward']:.0f} / {m['peak_memory_mb_train']:.0f} |")
     c = res["noisecraft-compile"]
     out += ["", f"`--compile` (torch.compile, fp32): forward b16 {c['forward_b16']:.1f} img/s after a "
             f"{c['compile_seconds']:.0f} s first call ({r['ratios']['noisecraft-compile/noisecraft forward_b16']:.2f}x eager).", "",
             "Throughput ratios at matched FLOPs (images/s x GFLOP/image):", "",
-            "| ratio | forward b1 | forward b16 | forward b64 | train b32 | sample 64 x 20 |", "|---|---|---|---|---|---|"]
+            "| ratio | forward b1 | forward b16 | forward b64 | train b32 | sample 64 x 20 | sample 1 x 20 |",
+            "|---|---|---|---|---|---|---|"]
     for label, q in r["ratios"].items():
         if isinstance(q, dict):
             out.append(f"| {label} | " + " | ".join(f"{q[k]:.2f}" for k in ("forward_b1", "forward_b16", "forward_b64",
-                                                                             "train_b32", "sample_64x20")) + " |")
+                                                                             "train_b32", "sample_64x20", "sample_1x20"))
+                       + " |")
     if "levers" in r:
         lv = r["levers"]
         out += ["", "The fused attention kernel against the explicit softmax(QK^T / sqrt(d))V in a bf16 training step "

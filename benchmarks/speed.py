@@ -8,7 +8,8 @@ Measured, each as the best of several timed repeats after warm-up, alternating t
   - the machine's ceiling: GFLOP/s of large convolutions (channels_last, the faster layout) and of a
     2048^3 matrix product, in fp32 and bf16;
   - forward images/s at batch 1, 16 and 64 (inference_mode); training images/s (forward, backward and
-    an AdamW step at batch 32); end-to-end sampling of 64 images with 20 DPM-Solver++(2M) steps;
+    an AdamW step at batch 32); end-to-end sampling of 64 images with 20 DPM-Solver++(2M) steps, and of
+    1 image (the latency of one picture: what a person at the web page waits for);
   - peak memory of a batch-64 forward and a batch-32 training step (resident-set growth of a fresh
     process, so both libraries are measured the same way);
   - each figure as achieved GFLOP/s and as a share of the ceiling of its precision;
@@ -46,7 +47,7 @@ from noisecraft.nets.layers import attention
 ROOT = Path(__file__).resolve().parent
 PRESET = "small"
 BATCHES = (1, 16, 64)
-TRAIN_BATCH, SAMPLE_N, SAMPLE_STEPS = 32, 64, 20
+TRAIN_BATCH, SAMPLE_SIZES, SAMPLE_STEPS = 32, (64, 1), 20
 
 
 # -- the two networks ------------------------------------------------------------------------------------------
@@ -139,22 +140,22 @@ def train_fn(model, batch: int):
     return run
 
 
-def sample_fn(name: str, model):
-    """64 images, 20 DPM-Solver++(2M) steps: noisecraft.sample, or diffusers' scheduler loop as its pipelines run it."""
+def sample_fn(name: str, model, n: int):
+    """n images, 20 DPM-Solver++(2M) steps: noisecraft.sample, or diffusers' scheduler loop as its pipelines run it."""
     if name.startswith("noisecraft"):
         from noisecraft import sample
 
-        return lambda: sample(model, (SAMPLE_N, 3, 32, 32), sampler="dpmpp_2m", steps=SAMPLE_STEPS,
+        return lambda: sample(model, (n, 3, 32, 32), sampler="dpmpp_2m", steps=SAMPLE_STEPS,
                               generator=torch.Generator().manual_seed(0))
     from diffusers import DPMSolverMultistepScheduler
 
     def run():
         scheduler = DPMSolverMultistepScheduler(num_train_timesteps=1000)
         scheduler.set_timesteps(SAMPLE_STEPS)
-        x = torch.randn(SAMPLE_N, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+        x = torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(0))
         with torch.inference_mode():
             for t in scheduler.timesteps:
-                x = scheduler.step(model(x, t.float().expand(SAMPLE_N)), t, x).prev_sample
+                x = scheduler.step(model(x, t.float().expand(n)), t, x).prev_sample
         return x
     return run
 
@@ -316,8 +317,9 @@ def main() -> None:
     for name in names:
         results[name]["train_b32"] = TRAIN_BATCH / best_seconds(train_fn(build(name), TRAIN_BATCH), args.repeats)
         models[name].eval()
-        results[name]["sample_64x20"] = SAMPLE_N / best_seconds(sample_fn(name, models[name]), max(2, args.repeats // 2),
-                                                                warmup=1)
+        for n in SAMPLE_SIZES:
+            results[name][f"sample_{n}x{SAMPLE_STEPS}"] = n / best_seconds(sample_fn(name, models[name], n),
+                                                                           max(2, args.repeats // 2), warmup=1)
         print(name, json.dumps(results[name]), flush=True)
 
     compiled = speed_up(build("noisecraft-compile"), "fp32", compile=True)
@@ -368,10 +370,10 @@ def plot(report: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = [f"forward_b{b}" for b in BATCHES] + ["train_b32", "sample_64x20"]
-    labels = ["forward b1", "forward b16", "forward b64", "train b32", "sample 64x20"]
+    keys = [f"forward_b{b}" for b in BATCHES] + ["train_b32", "sample_64x20", "sample_1x20"]
+    labels = ["forward b1", "forward b16", "forward b64", "train b32", "sample 64x20", "sample 1x20"]
     names = ["diffusers", "diffusers-channels_last", "noisecraft", "diffusers-bf16", "noisecraft-bf16"]
-    fig, ax = plt.subplots(figsize=(8, 3.6))
+    fig, ax = plt.subplots(figsize=(9, 3.6))
     width = 0.16
     for i, name in enumerate(names):
         base = report["results"]["diffusers"]
