@@ -297,6 +297,14 @@ def main() -> None:
         memory_probe(args.memory_probe)
         return
 
+    if not args.no_quality:                             # its data, checked before 15 minutes of timing
+        from noisecraft.data import load_dataset
+        from noisecraft.errors import NoisecraftError
+        try:
+            load_dataset("fashion-mnist", image_size=28, channels=1, split="test")
+        except NoisecraftError as e:
+            raise SystemExit(f"the bf16 quality check needs Fashion-MNIST: {e} (or pass --no-quality)")
+
     names = ["noisecraft", "noisecraft-bf16", "diffusers", "diffusers-channels_last", "diffusers-bf16"]
     models = {name: build(name) for name in names}
     flops = {name: flops_per_image(models[name]) for name in ("noisecraft", "diffusers")}
