@@ -11,7 +11,8 @@ Measured, each as the best of several timed repeats after warm-up, alternating t
     an AdamW step at batch 32); end-to-end sampling of 64 images with 20 DPM-Solver++(2M) steps, and of
     1 image (the latency of one picture: what a person at the web page waits for);
   - peak memory of a batch-64 forward and a batch-32 training step (resident-set growth of a fresh
-    process, so both libraries are measured the same way);
+    process, so both libraries are measured the same way; the median of 5 processes, as single readings
+    of one configuration spread over 100 MB);
   - each figure as achieved GFLOP/s and as a share of the ceiling of its precision;
   - one lever alone: the fused attention kernel against the explicit product in a bf16 training step.
 Configurations: noisecraft as shipped (fp32, channels_last), noisecraft bf16 autocast, noisecraft with
@@ -48,6 +49,7 @@ ROOT = Path(__file__).resolve().parent
 PRESET = "small"
 BATCHES = (1, 16, 64)
 TRAIN_BATCH, SAMPLE_SIZES, SAMPLE_STEPS = 32, (64, 1), 20
+MEMORY_PROBES = 5
 
 
 # -- the two networks ------------------------------------------------------------------------------------------
@@ -339,7 +341,9 @@ def main() -> None:
 
     for name in names:
         for mode in ("forward", "train"):
-            results[name][f"peak_memory_mb_{mode}"] = peak_memory_mb(name, mode)
+            readings = sorted(peak_memory_mb(name, mode) for _ in range(MEMORY_PROBES))
+            results[name][f"peak_memory_mb_{mode}"] = readings[len(readings) // 2]
+            results[name][f"peak_memory_mb_{mode}_range"] = [readings[0], readings[-1]]
 
     flop_of = lambda name: flops["diffusers" if name.startswith("diffusers") else "noisecraft"]
     for name, r in results.items():
