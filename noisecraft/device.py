@@ -67,15 +67,21 @@ def low_precision_copy(net: nn.Module) -> nn.Module:
     return frozen
 
 
+def running_net(model: nn.Module, net: nn.Module) -> nn.Module:
+    """The network a model's forward pass runs: the bf16 copy cast_once() made, when there is one and no
+    gradient is being recorded; else `net` itself."""
+    return model.cast_net if model.cast_net is not None and not torch.is_grad_enabled() else net
+
+
 @contextlib.contextmanager
 def cast_once(model: nn.Module, net: nn.Module):
-    """For a loop of inference calls with fixed weights (one sampling run), in bf16: the weights of `net`, the
-    model's network, are cast to bf16 once instead of at every call. The model's forward uses
-    `model.cast_net` when it is set and no gradient is being recorded. The outputs are bit-identical; the
-    casts were about a fifth of a batch-1 bf16 forward (benchmarks/speed.py). fp32 and compiled models
-    (whose traced graph holds the network itself) are left alone. The copy takes half the network's fp32
-    size while it lives and is dropped on exit, so a weight changed later is always seen. Concurrent loops
-    (server workers) share the first one's copy; after it is dropped they go on casting per call."""
+    """For a loop of inference calls with fixed weights (one sampling run), in bf16: the weights of `net`,
+    the model's network, are cast to bf16 once instead of at every call; the model's forward runs
+    running_net(model, net). The outputs are bit-identical; the casts were about a fifth of a batch-1 bf16
+    forward (benchmarks/speed.py). fp32 and compiled models (whose traced graph holds the network itself)
+    are left alone. The copy takes half the network's fp32 size while it lives and is dropped on exit, so
+    a weight changed later is always seen. Concurrent loops (server workers) share the first one's copy;
+    after it is dropped they go on casting per call."""
     if model.precision != "bf16" or getattr(model, "_compiled_call_impl", None) is not None or model.cast_net is not None:
         yield
         return

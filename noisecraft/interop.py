@@ -34,7 +34,7 @@ import torch
 from safetensors.torch import save as save_tensors
 from torch import nn
 
-from noisecraft.device import autocast, cast_once
+from noisecraft.device import autocast, cast_once, running_net
 from noisecraft.diffusion import NoiseSchedule, ScheduleConfig, check_prediction
 from noisecraft.errors import NoisecraftError
 from noisecraft.io import _umask, atomic_write_bytes
@@ -99,9 +99,8 @@ class DiffusersUNet(nn.Module):
             if self.null_class is None:
                 raise NoisecraftError("this diffusers UNet is class-conditional with no 'no class' embedding: give a class")
             class_labels = torch.full((x_t.shape[0],), self.null_class, device=x_t.device)
-        unet = self.cast_net if self.cast_net is not None and not torch.is_grad_enabled() else self.unet
         with autocast(x_t.device, self.precision):
-            return unet(x_t, t, class_labels=class_labels, return_dict=False)[0].float()
+            return running_net(self, self.unet)(x_t, t, class_labels=class_labels, return_dict=False)[0].float()
 
     def null_cond(self, cond: dict) -> dict:
         if self.null_class is None or "class_labels" not in cond:

@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save as save_tensors
 from torch import nn
 
 from noisecraft.baselines.vae import VAE, VAEConfig
-from noisecraft.device import autocast, cast_once
+from noisecraft.device import autocast, cast_once, running_net
 from noisecraft.diffusion import NoiseSchedule, ScheduleConfig, check_prediction
 from noisecraft.errors import NoisecraftError
 from noisecraft.io import atomic_write_bytes, atomic_write_json
@@ -90,9 +90,8 @@ class DiffusionModel(nn.Module):
         self.cast_net = None             # the bf16 copy of net inside cast_once()
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, **cond) -> torch.Tensor:
-        net = self.cast_net if self.cast_net is not None and not torch.is_grad_enabled() else self.net
         with autocast(x_t.device, self.precision):
-            return net(x_t, t, **cond).float()
+            return running_net(self, self.net)(x_t, t, **cond).float()
 
     def cast_once(self):
         """A context for a sampling loop: in bf16, the network's weights are cast once, not at every call."""
