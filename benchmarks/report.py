@@ -55,6 +55,7 @@ def main() -> None:
     sections += conditional_sections()
     sections += quality_section()
     sections += speed_section()
+    sections += allocator_section()
     DOCS.write_text("\n".join(sections))
     print(f"wrote {DOCS}")
     readme_summary()
@@ -305,6 +306,32 @@ def speed_section() -> list[str]:
                 f"{q['mean_abs_pixel_difference_bf16_vs_fp32']:.4f}, max {q['max_abs_pixel_difference_bf16_vs_fp32']:.3f} "
                 "(pixels in [-1, 1]). `fp32-other-noise` is the seed-to-seed spread: differences within it are noise."]
     out += ["", "![speed relative to diffusers](images/speed.png)", ""]
+    return out
+
+
+def allocator_section() -> list[str]:
+    """glibc's default malloc against keep_freed_memory(), in fresh processes (benchmarks/allocator.py)."""
+    path = ROOT / "results" / "allocator.json"
+    if not path.exists():
+        return []
+    r = json.loads(path.read_text())
+    med = r["median"]
+    out = ["## Page faults: glibc's malloc keeping freed memory", "",
+           f"Command: `python benchmarks/allocator.py --rounds {r['rounds']}`. Each reading is a fresh process "
+           "(the setting is process-wide); the models of the speed benchmark, settings and libraries alternating; "
+           f"medians of {r['rounds']} rounds; {r['libc']}, torch {r['torch']}, {r['threads']} threads. "
+           "`kept` is `noisecraft.device.keep_freed_memory()`, which the command line calls at start; "
+           "`default` is glibc's malloc as it comes. Page faults and kernel time are per call.", "",
+           "| model | malloc | forward b16 img/s | faults | kernel ms | forward b64 img/s | faults | kernel ms "
+           "| training b32 img/s | faults | kernel ms |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for key, row in med.items():
+        model, setting = key.split("/")
+        cells = [f"{row[c]['images_per_s']:.1f} | {row[c]['page_faults']:.0f} | {row[c]['system_ms']:.0f}"
+                 for c in ("forward_b16", "forward_b64", "train_b32")]
+        out.append(f"| {model} | {setting} | " + " | ".join(cells) + " |")
+    out += ["", "kept / default, images/s: " + "; ".join(
+        f"{m}: " + ", ".join(f"{c.replace('_', ' ')} {g:.2f}x" for c, g in gains.items())
+        for m, gains in r["kept_over_default"].items()) + ".", ""]
     return out
 
 

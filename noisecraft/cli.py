@@ -10,6 +10,7 @@ from typing import Optional
 
 import typer
 
+from noisecraft.device import keep_freed_memory
 from noisecraft.errors import NoisecraftError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -729,6 +730,7 @@ def _warn(message, category, filename, lineno, file=None, line=None) -> None:
 def main(argv: list[str] | None = None) -> None:
     command = typer.main.get_command(app)
     warnings.showwarning = _warn            # library warnings (e.g. skipped files) as one line, no source dump
+    keep_freed_memory()                     # no page faults for every tensor a step allocates (docs/training.md)
     try:
         rc = command.main(args=argv, prog_name="noisecraft", standalone_mode=False)
     except NoisecraftError as e:

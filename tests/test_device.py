@@ -1,6 +1,10 @@
 """The speed options of noisecraft/device.py and the UNet's memory format: the fast paths compute what
 the plain fp32 path computes (fp32 within 1e-4; bf16 within the tolerance docs/benchmarks.md states)."""
 import contextlib
+import os
+import platform
+import subprocess
+import sys
 from dataclasses import replace
 
 import pytest
@@ -202,3 +206,42 @@ def test_a_diffusers_unet_runs_in_bf16_too():
             assert torch.equal(model(x, t), out)
     assert out.dtype == torch.float32
     assert 0 < _rel_rms(out, ref) < BF16_TOLERANCE
+
+
+FAULTS_OF_A_FREED_TENSOR = """
+import resource, sys, torch
+if sys.argv[1] == "kept":
+    from noisecraft.device import keep_freed_memory
+    assert keep_freed_memory()
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+def step():                                         # a 40 MiB tensor, written and freed
+    return float(torch.ones(10 << 20)[-1])
+for _ in range(3):
+    step()
+before = faults()
+for _ in range(20):
+    step()
+print((faults() - before) / 20)
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc only")
+def test_keep_freed_memory_stops_the_page_faults_of_each_step():
+    def faults_per_step(setting):
+        out = subprocess.run([sys.executable, "-c", FAULTS_OF_A_FREED_TENSOR, setting], capture_output=True,
+                             text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        return float(out.stdout.strip().splitlines()[-1])
+    # By default a block over 32 MiB (glibc's largest mmap threshold) is mapped for each tensor and unmapped
+    # when it is freed, so each step faults its 10240 pages in again; kept, the heap block is reused.
+    assert faults_per_step("default") > 1000
+    assert faults_per_step("kept") < 10
+
+
+def test_the_command_line_keeps_freed_memory(monkeypatch):
+    import noisecraft.cli as cli
+    calls = []
+    monkeypatch.setattr(cli, "keep_freed_memory", lambda: calls.append(1) or True)
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    assert calls == [1]
