@@ -68,6 +68,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=4)
     args = ap.parse_args()
+    if args.rounds < 1:
+        ap.error("--rounds must be at least 1")
     if platform.libc_ver()[0] != "glibc":
         raise SystemExit("this benchmark measures glibc's malloc; this machine's C library is not glibc")
     readings = {f"{m}/{s}": [] for m in MODELS for s in SETTINGS}
