@@ -62,8 +62,9 @@ def keep_freed_memory() -> bool:
     the operating system. By default a block over its mmap threshold (at most 32 MiB) is mapped for each
     tensor and unmapped when the tensor dies, and a free top of the heap is trimmed; every page is then
     faulted in and zeroed again at the next step: a `small` forward took 6,000-14,000 such page faults
-    per call at batch 16 and over 100,000 at batch 64 (benchmarks/allocator.py). The cost: the process keeps its peak heap after the peak
-    has passed. Process-wide, so the command line calls it once at start; library users may call it.
+    per call at batch 16 and over 100,000 at batch 64 (benchmarks/allocator.py). The cost: the process
+    keeps its peak heap after the peak has passed. Process-wide, so the command line calls it once at
+    start; library users may call it.
     Returns False, and changes nothing, where the C library is not glibc (macOS, Windows, musl)."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
