@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from noisecraft.errors import NoisecraftError
 from noisecraft.nets.layers import AttentionBlock, Downsample, ResBlock, Upsample, norm, timestep_embedding, zero
 from noisecraft.nets.presets import UNetConfig
+from noisecraft.nets.winograd import Conv3x3
 
 
 def upsample_condition(low_res: torch.Tensor | None, size: int) -> torch.Tensor:
@@ -56,7 +57,7 @@ class UNet(nn.Module):
         self.class_emb = nn.Embedding(cfg.num_classes + 1, emb_dim) if cfg.num_classes else None
         self.context_proj = nn.Linear(cfg.context_dim, emb_dim) if cfg.context_dim and cfg.pooled_context else None
 
-        self.stem = nn.Conv2d(cfg.in_channels + cfg.low_res_channels, ch, 3, padding=1)
+        self.stem = Conv3x3(cfg.in_channels + cfg.low_res_channels, ch)
         self.down = nn.ModuleList()
         skips, res = [ch], cfg.image_size
         for level, mult in enumerate(cfg.channel_mult):
@@ -78,7 +79,7 @@ class UNet(nn.Module):
             if level > 0:
                 self.up.append(Upsample(ch))
                 res *= 2
-        self.out = nn.Sequential(norm(ch, cfg.groups), nn.SiLU(), zero(nn.Conv2d(ch, cfg.in_channels, 3, padding=1)))
+        self.out = nn.Sequential(norm(ch, cfg.groups), nn.SiLU(), zero(Conv3x3(ch, cfg.in_channels)))
         # NHWC activations and weights: oneDNN's convolutions run 1.1-1.7x faster on CPU than in NCHW
         # (benchmarks/speed.py), and tensor cores prefer it too. Inputs and outputs stay ordinary tensors.
         self.set_memory_format(torch.channels_last)

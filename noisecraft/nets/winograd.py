@@ -1,0 +1,223 @@
+"""3x3 convolutions by Winograd's minimal filtering F(4x4, 3x3) (Lavin & Gray 2016): 4x fewer multiplications
+than the direct convolution, for fp32 on the CPU, where the direct one is already at 60-80% of the machine's
+peak and nothing else makes it faster (measured in benchmarks/speed.py).
+
+Over 6x6 input tiles d (stride 4) and a filter g, one 4x4 output tile is
+
+    Y = A^T [ U (.) V ] A,    U = G g G^T,    V = B^T d B,
+
+and summing over input channels turns the elementwise products into 36 matrix products, one per tile
+position: M[a] = V[a] @ U[a], with V (36, tiles, C_in) and U (36, C_in, C_out). The matrix products run in
+torch.bmm (MKL); the tile transforms, memory-bound, in winograd.c, compiled on first use with the machine's
+C compiler (-march=native) into a cache folder. The gradients are the exact adjoints of the same steps:
+dX is the convolution of dY with the flipped, transposed filter (the same three steps again), dW = G^T dU G
+with dU[a] = V[a]^T dM[a] and dM = A dY A^T tile by tile.
+
+The fast path runs where it measured faster than PyTorch's convolution (oneDNN): fp32 CPU tensors in
+channels_last, 3x3 filters with stride 1 and padding 1, and enough tiles for the matrix products to pay
+(MIN_TILES). Everything else -- bf16 autocast, GPUs, torch.compile, a machine without a C compiler --
+takes nn.Conv2d's own path. The results agree with it to fp32 rounding: the transforms' constants (1/6,
+1/24) add a few ulps, measured in tests/nets/test_winograd.py.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import os
+import platform
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SOURCE = Path(__file__).with_name("winograd.c")
+CFLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
+MIN_TILES = 16               # below this many 4x4 tiles per call, oneDNN's direct convolution was faster
+CHANNEL_MULTIPLE = 16        # input and output channels: whole vectors of the widest SIMD (AVX-512)
+
+G = torch.tensor([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+                  [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]], dtype=torch.float64)
+GG = torch.kron(G, G)        # (36, 9): the filter transform as one matrix
+
+_state = {"lib": None, "tried": False, "enabled": True}
+
+
+# -- the compiled transforms --------------------------------------------------------------------------------------
+def cache_dir() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "noisecraft"
+
+
+def machine_key() -> str:
+    """What the compiled library depends on: the source, the flags and the CPU (-march=native)."""
+    cpu = ""
+    with contextlib.suppress(OSError):
+        cpu = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
+    key = SOURCE.read_bytes() + " ".join(CFLAGS).encode() + platform.machine().encode() + cpu.encode()
+    return hashlib.sha256(key).hexdigest()[:16]
+
+
+def build(target: Path) -> None:
+    """Compile winograd.c into `target`, atomically (a half-written library is never left there)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".so.tmp")
+    os.close(fd)
+    try:
+        cc = os.environ.get("CC", "cc")
+        subprocess.run([cc, *CFLAGS, str(SOURCE), "-o", tmp], check=True, capture_output=True, timeout=120)
+        os.replace(tmp, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+
+
+def library() -> ctypes.CDLL | None:
+    """The compiled transforms, built on first use; None where they cannot be built (then a one-line warning,
+    once, and every convolution takes PyTorch's path)."""
+    if _state["tried"]:
+        return _state["lib"]
+    _state["tried"] = True
+    target = cache_dir() / f"winograd-{machine_key()}.so"
+    try:
+        if not target.exists():
+            build(target)
+        lib = ctypes.CDLL(str(target))
+    except (OSError, subprocess.SubprocessError) as e:
+        detail = e.stderr.decode(errors="replace").strip().splitlines()[-1:] if getattr(e, "stderr", None) else [e]
+        warnings.warn(f"noisecraft: the Winograd convolutions could not be built ({detail[0] if detail else e}); "
+                      "3x3 convolutions use PyTorch's, which is slower in fp32 on the CPU", RuntimeWarning,
+                      stacklevel=2)
+        return None
+    long, ptr = ctypes.c_long, ctypes.c_void_p
+    lib.winograd_conv.argtypes = [ptr, ptr, ptr, ptr] + [long] * 5
+    lib.winograd_filter.argtypes = lib.winograd_filter_adjoint.argtypes = [ptr, ptr, long, long]
+    lib.winograd_input.argtypes = lib.winograd_output_adjoint.argtypes = [ptr, ptr] + [long] * 4
+    _state["lib"] = lib
+    return lib
+
+
+@contextlib.contextmanager
+def disabled():
+    """Run 3x3 convolutions on PyTorch's path inside the block (e.g. to count their FLOPs as convolutions)."""
+    before, _state["enabled"] = _state["enabled"], False
+    try:
+        yield
+    finally:
+        _state["enabled"] = before
+
+
+def tiles(n: int, h: int, w: int) -> int:
+    return n * ((h + 3) // 4) * ((w + 3) // 4)
+
+
+def channels_last(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous(memory_format=torch.channels_last)
+
+
+def filter_transform(weight: torch.Tensor) -> torch.Tensor:
+    """(O, C, 3, 3) -> U (36, C, O): G g G^T for every filter g."""
+    o, c = weight.shape[:2]
+    w, u = weight.detach().contiguous(), torch.empty(36, c, o)     # w named: it must outlive the call
+    library().winograd_filter(w.data_ptr(), u.data_ptr(), c, o)
+    return u
+
+
+def filter_adjoint(du: torch.Tensor) -> torch.Tensor:
+    """dU (36, C, O) -> dW (O, C, 3, 3) = G^T dU G for every filter."""
+    c, o = du.shape[1:]
+    du, dw = du.contiguous(), torch.empty(o, c, 3, 3)
+    library().winograd_filter_adjoint(du.data_ptr(), dw.data_ptr(), c, o)
+    return dw
+
+
+def convolve(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """(N, C, H, W) channels_last and U (36, C, O) -> (N, O, H, W) channels_last: the convolution, all steps
+    fused per block of tiles."""
+    n, c, h, w = x.shape
+    if not (x.is_contiguous(memory_format=torch.channels_last) and u.is_contiguous() and u.shape[:2] == (36, c)
+            and x.dtype == u.dtype == torch.float32 and u.shape[2] % CHANNEL_MULTIPLE == 0):
+        raise ValueError(f"convolve() takes a channels_last fp32 (N, C, H, W) and a (36, C, O) U, O a multiple of "
+                         f"{CHANNEL_MULTIPLE}: got {tuple(x.shape)} {x.dtype} and {tuple(u.shape)}")
+    y = torch.empty(n, u.shape[2], h, w, memory_format=torch.channels_last)
+    library().winograd_conv(x.data_ptr(), u.data_ptr(), None if bias is None else bias.data_ptr(), y.data_ptr(),
+                            n, h, w, c, u.shape[2])
+    return y
+
+
+def input_transform(x: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) channels_last -> V (36, tiles, C): B^T d B of every 6x6 input tile."""
+    n, c, h, w = x.shape
+    v = torch.empty(36, tiles(n, h, w), c)
+    library().winograd_input(x.data_ptr(), v.data_ptr(), n, h, w, c)
+    return v
+
+
+def output_adjoint(g: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) channels_last gradient -> dM (36, tiles, C): A g A^T of every 4x4 tile."""
+    n, c, h, w = g.shape
+    dm = torch.empty(36, tiles(n, h, w), c)
+    library().winograd_output_adjoint(g.data_ptr(), dm.data_ptr(), n, h, w, c)
+    return dm
+
+
+class Winograd3x3(torch.autograd.Function):
+    """y = conv2d(x, weight, bias, padding=1) for channels_last fp32 x; `u` is filter_transform(weight)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, u):
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return convolve(x, u, None if bias is None else bias.detach().contiguous())
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy):
+        x, weight = ctx.saved_tensors
+        dy = channels_last(dy)
+        dx = dw = db = None
+        if ctx.needs_input_grad[0]:          # dX: dY correlated with the flipped, transposed filters
+            dx = convolve(dy, filter_transform(weight.flip(2, 3).transpose(0, 1)), None)
+        if ctx.needs_input_grad[1]:          # dU[a] = V[a]^T dM[a], dW = G^T dU G
+            dw = filter_adjoint(torch.bmm(input_transform(x).transpose(1, 2), output_adjoint(dy)))
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            db = dy.sum((0, 2, 3))
+        return dx, dw, db, None
+
+
+def applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
+    """Whether the fast path runs this call (see the module's docstring)."""
+    c_out, c_in = conv.weight.shape[:2]
+    return (_state["enabled"] and x.device.type == "cpu" and x.dtype == conv.weight.dtype == torch.float32
+            and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+            and c_in % CHANNEL_MULTIPLE == 0 and c_out % CHANNEL_MULTIPLE == 0
+            and tiles(x.shape[0], x.shape[2], x.shape[3]) >= MIN_TILES
+            and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()
+            and library() is not None)
+
+
+class Conv3x3(nn.Conv2d):
+    """nn.Conv2d(in, out, 3, padding=1) -- the same parameters and state_dict -- that runs on the Winograd
+    path where that is faster. Without gradients (sampling) the transformed filters are kept from call to
+    call until the weights change."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__(in_channels, out_channels, 3, padding=1)
+        self._filters = (None, None)
+
+    def transformed(self) -> torch.Tensor:
+        key = (self.weight.data_ptr(), self.weight._version)
+        if torch.is_grad_enabled():
+            return filter_transform(self.weight)
+        if self._filters[0] != key:
+            self._filters = (key, filter_transform(self.weight))
+        return self._filters[1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if applies(self, x):
+            return Winograd3x3.apply(x, self.weight, self.bias, self.transformed())
+        return F.conv2d(x, self.weight, self.bias, padding=1)
