@@ -84,7 +84,9 @@ def test_bf16_sampling_stays_close_to_fp32_sampling():
     ref = run()
     speed_up(model, "bf16")
     out = run()
-    assert 0 < float((out - ref).abs().max()) < 0.1
+    # Relative RMS, as for one forward pass: the largest single-pixel difference depends on the CPU's bf16
+    # kernels (0.14 on an AMD EPYC with avx512_bf16, where the RMS was 0.005).
+    assert 0 < _rel_rms(out, ref) < BF16_TOLERANCE
 
 
 def test_bf16_training_step_gives_fp32_gradients_close_to_fp32():

@@ -24,7 +24,15 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define CB 64 /* channels per block: three 6x6xCB float buffers stay in the L1 cache */
+#define CB 64 /* channels per step of a tile transform: its 6x6xCB buffers stay in the L1 cache */
+#if defined(__AVX512F__)
+#define VL 16    /* floats per vector register */
+#else
+#define VL 8
+#endif
+typedef float vf __attribute__((vector_size(VL * 4)));
+#define RB 6         /* rows of a product kept in registers, by two vectors of columns */
+#define TB (4 * RB)  /* tiles per block: what one thread transforms and multiplies while it is in cache */
 
 static inline long min_l(long a, long b) { return a < b ? a : b; }
 
@@ -70,78 +78,89 @@ static inline void a4(const float *g, long s, float *r, long rs, int cb) {
     }
 }
 
-/* V[a][p][c] = (B^T d_p B)[a], d_p the 6x6 input tile of tile p: for the weight gradient. */
-void winograd_input(const float *x, float *V, long N, long H, long W, long C) {
-    long nH = (H + 3) / 4, nW = (W + 3) / 4, P = N * nH * nW;
-#pragma omp parallel for schedule(static)
-    for (long p = 0; p < P; p++) {
-        float d[36 * CB], t[36 * CB], v[36 * CB];
-        long n = p / (nH * nW), th = p / nW % nH, tw = p % nW;
-        for (long c0 = 0; c0 < C; c0 += CB) {
-            int cb = (int)min_l(CB, C - c0);
-            for (int i = 0; i < 6; i++) {
-                long y = 4 * th - 1 + i;
-                for (int j = 0; j < 6; j++) {
-                    long xx = 4 * tw - 1 + j;
-                    float *dst = d + (i * 6 + j) * CB;
-                    if (y < 0 || y >= H || xx < 0 || xx >= W)
-                        memset(dst, 0, sizeof(float) * cb);
-                    else
-                        memcpy(dst, x + ((n * H + y) * W + xx) * C + c0, sizeof(float) * cb);
-                }
+/* Tile p = (n, th, tw) of an N x H x W image grid of nH x nW tiles. */
+typedef struct {
+    long N, H, W, nH, nW, P;
+} grid;
+
+static grid grid_of(long N, long H, long W) {
+    grid g = {N, H, W, (H + 3) / 4, (W + 3) / 4, 0};
+    g.P = N * g.nH * g.nW;
+    return g;
+}
+
+/* dst[a * plane + c] = (B^T d B)[a] for the 6x6 input tile d of tile p (zeros for p >= P: a padding tile). */
+static void input_tile(const float *x, grid g, long C, long p, float *dst, long plane) {
+    float d[36 * CB], t[36 * CB], v[36 * CB];
+    long n = p / (g.nH * g.nW), th = p / g.nW % g.nH, tw = p % g.nW;
+    for (long c0 = 0; c0 < C; c0 += CB) {
+        int cb = (int)min_l(CB, C - c0);
+        for (int i = 0; i < 6; i++) {
+            long yy = 4 * th - 1 + i;
+            for (int j = 0; j < 6; j++) {
+                long xx = 4 * tw - 1 + j;
+                float *row = d + (i * 6 + j) * CB;
+                if (p >= g.P || yy < 0 || yy >= g.H || xx < 0 || xx >= g.W)
+                    memset(row, 0, sizeof(float) * cb);
+                else
+                    memcpy(row, x + ((n * g.H + yy) * g.W + xx) * C + c0, sizeof(float) * cb);
             }
-            for (int j = 0; j < 6; j++) bt6(d + j * CB, 6 * CB, t + j * CB, 6 * CB, cb);   /* columns */
-            for (int i = 0; i < 6; i++) bt6(t + i * 6 * CB, CB, v + i * 6 * CB, CB, cb);   /* rows */
-            for (int a = 0; a < 36; a++)
-                memcpy(V + (a * P + p) * C + c0, v + a * CB, sizeof(float) * cb);
         }
+        for (int j = 0; j < 6; j++) bt6(d + j * CB, 6 * CB, t + j * CB, 6 * CB, cb);     /* columns */
+        for (int i = 0; i < 6; i++) bt6(t + i * 6 * CB, CB, v + i * 6 * CB, CB, cb);     /* rows */
+        for (int a = 0; a < 36; a++) memcpy(dst + a * plane + c0, v + a * CB, sizeof(float) * cb);
     }
 }
 
-/* dM[a][p][c] = (A g_p A^T)[a], g_p the 4x4 tile of the output gradient (zeros outside the image): the
- * adjoint of winograd_output, for the weight gradient. */
-void winograd_output_adjoint(const float *g, float *dM, long N, long H, long W, long C) {
-    long nH = (H + 3) / 4, nW = (W + 3) / 4, P = N * nH * nW;
-#pragma omp parallel for schedule(static)
-    for (long p = 0; p < P; p++) {
-        float gt[16 * CB], t[24 * CB], v[36 * CB];
-        long n = p / (nH * nW), th = p / nW % nH, tw = p % nW;
-        for (long c0 = 0; c0 < C; c0 += CB) {
-            int cb = (int)min_l(CB, C - c0);
-            for (int i = 0; i < 4; i++) {
-                long yy = 4 * th + i;
-                for (int j = 0; j < 4; j++) {
-                    long xx = 4 * tw + j;
-                    float *dst = gt + (i * 4 + j) * CB;
-                    if (yy >= H || xx >= W)
-                        memset(dst, 0, sizeof(float) * cb);
-                    else
-                        memcpy(dst, g + ((n * H + yy) * W + xx) * C + c0, sizeof(float) * cb);
+/* y[tile p] = A^T m A (+ bias), cropped to the image, for m[a] = src[a * plane + o]. */
+static void output_tile(const float *src, long plane, const float *bias, float *y, grid g, long O, long p) {
+    float t[24 * CB], r[16 * CB];
+    long n = p / (g.nH * g.nW), th = p / g.nW % g.nH, tw = p % g.nW;
+    for (long c0 = 0; c0 < O; c0 += CB) {
+        int cb = (int)min_l(CB, O - c0);
+        const float *m = src + c0;                                                      /* m[a]: a = i*6+j */
+        for (int j = 0; j < 6; j++) at6(m + j * plane, 6 * plane, t + j * CB, 6 * CB, cb);  /* 4 x 6 */
+        for (int i = 0; i < 4; i++) at6(t + i * 6 * CB, CB, r + i * 4 * CB, CB, cb);        /* 4 x 4 */
+        for (int i = 0; i < 4 && 4 * th + i < g.H; i++)
+            for (int j = 0; j < 4 && 4 * tw + j < g.W; j++) {
+                float *out = y + ((n * g.H + 4 * th + i) * g.W + 4 * tw + j) * O + c0;
+                const float *res = r + (i * 4 + j) * CB;
+                if (bias) {
+#pragma omp simd
+                    for (int c = 0; c < cb; c++) out[c] = res[c] + bias[c0 + c];
+                } else {
+                    memcpy(out, res, sizeof(float) * cb);
                 }
             }
-            for (int j = 0; j < 4; j++) a4(gt + j * CB, 4 * CB, t + j * CB, 4 * CB, cb);   /* 6 x 4 */
-            for (int i = 0; i < 6; i++) a4(t + i * 4 * CB, CB, v + i * 6 * CB, CB, cb);    /* 6 x 6 */
-            for (int a = 0; a < 36; a++)
-                memcpy(dM + (a * P + p) * C + c0, v + a * CB, sizeof(float) * cb);
-        }
     }
 }
 
-/* The whole convolution, fused: y = A^T [ U (.) (B^T d B) ] A (+ bias) for blocks of TB tiles at a time, so
- * that the transformed tiles V and their products M stay in the core's cache instead of making a round trip
- * through memory (which made the unfused steps memory-bound). U is (36, C, O) from winograd.py's
- * filter_transform; O must be a multiple of VL. The 36 products M[a] (TB x O) = V[a] (TB x C) @ U[a] (C x O)
- * use a register-blocked kernel: RB rows by two vectors of output channels held in registers over the
- * whole sum over C. */
-#if defined(__AVX512F__)
-#define VL 16
-#else
-#define VL 8
-#endif
-typedef float vf __attribute__((vector_size(VL * 4)));
-#define RB 6
-#define TB (4 * RB)
+/* dst[a * plane + o] = (A e A^T)[a] for the 4x4 tile e of the output gradient at tile p (zeros outside the
+ * image): the adjoint of output_tile. */
+static void adjoint_tile(const float *e, grid g, long O, long p, float *dst, long plane) {
+    float et[16 * CB], t[24 * CB], v[36 * CB];
+    long n = p / (g.nH * g.nW), th = p / g.nW % g.nH, tw = p % g.nW;
+    for (long c0 = 0; c0 < O; c0 += CB) {
+        int cb = (int)min_l(CB, O - c0);
+        for (int i = 0; i < 4; i++) {
+            long yy = 4 * th + i;
+            for (int j = 0; j < 4; j++) {
+                long xx = 4 * tw + j;
+                float *row = et + (i * 4 + j) * CB;
+                if (p >= g.P || yy >= g.H || xx >= g.W)
+                    memset(row, 0, sizeof(float) * cb);
+                else
+                    memcpy(row, e + ((n * g.H + yy) * g.W + xx) * O + c0, sizeof(float) * cb);
+            }
+        }
+        for (int j = 0; j < 4; j++) a4(et + j * CB, 4 * CB, t + j * CB, 4 * CB, cb);     /* 6 x 4 */
+        for (int i = 0; i < 6; i++) a4(t + i * 4 * CB, CB, v + i * 6 * CB, CB, cb);      /* 6 x 6 */
+        for (int a = 0; a < 36; a++) memcpy(dst + a * plane + c0, v + a * CB, sizeof(float) * cb);
+    }
+}
 
+/* m (TB x O) = v (TB x C) @ u (C x O), O a multiple of VL: RB rows by two vectors of columns in registers
+ * through the whole sum over C. */
 static void product(const float *v, const float *u, float *m, long C, long O) {
     for (int r0 = 0; r0 < TB; r0 += RB) {
         const float *vr = v + r0 * C;
@@ -172,89 +191,121 @@ static void product(const float *v, const float *u, float *m, long C, long O) {
     }
 }
 
+/* u (C x O) += v^T e for v (TB x C) and e (TB x O), C a multiple of 4 and O of VL: 4 rows of u by two
+ * vectors of columns in registers through the sum over the block's tiles. */
+static void accumulate(const float *v, const float *e, float *u, long C, long O) {
+    for (long c0 = 0; c0 < C; c0 += 4) {
+        for (long o0 = 0; o0 < O; o0 += 2 * VL) {
+            float *ur = u + c0 * O + o0;
+            if (o0 + VL < O) {
+                vf acc[4][2];
+                for (int r = 0; r < 4; r++) {
+                    acc[r][0] = *(vf *)(ur + r * O);
+                    acc[r][1] = *(vf *)(ur + r * O + VL);
+                }
+                for (int t = 0; t < TB; t++) {
+                    vf e0 = *(const vf *)(e + t * O + o0), e1 = *(const vf *)(e + t * O + o0 + VL);
+                    for (int r = 0; r < 4; r++) {
+                        float s = v[t * C + c0 + r];
+                        acc[r][0] += s * e0;
+                        acc[r][1] += s * e1;
+                    }
+                }
+                for (int r = 0; r < 4; r++) {
+                    *(vf *)(ur + r * O) = acc[r][0];
+                    *(vf *)(ur + r * O + VL) = acc[r][1];
+                }
+            } else {
+                vf acc[4];
+                for (int r = 0; r < 4; r++) acc[r] = *(vf *)(ur + r * O);
+                for (int t = 0; t < TB; t++) {
+                    vf e0 = *(const vf *)(e + t * O + o0);
+                    for (int r = 0; r < 4; r++) acc[r] += v[t * C + c0 + r] * e0;
+                }
+                for (int r = 0; r < 4; r++) *(vf *)(ur + r * O) = acc[r];
+            }
+        }
+    }
+}
+
 int winograd_vector_width(void) { return VL; }
 
+/* y (N x H x W x O) = the convolution of x (N x H x W x C) with the filters whose transform is U (36 x C x O),
+ * plus the bias (or none, for NULL); O a multiple of VL. */
 void winograd_conv(const float *x, const float *U, const float *bias, float *y, long N, long H, long W, long C,
                    long O) {
-    long nH = (H + 3) / 4, nW = (W + 3) / 4, P = N * nH * nW, blocks = (P + TB - 1) / TB;
+    grid g = grid_of(N, H, W);
+    long blocks = (g.P + TB - 1) / TB;
 #pragma omp parallel
     {
         float *V = aligned_alloc(64, sizeof(float) * 36 * TB * C);
         float *M = aligned_alloc(64, sizeof(float) * 36 * TB * O);
-        float d[36 * CB], t[36 * CB], v[36 * CB], r[16 * CB];
 #pragma omp for schedule(static)
         for (long blk = 0; blk < blocks; blk++) {
-            for (int tt = 0; tt < TB; tt++) {            /* V[a][tt][c]: the transformed input tiles */
-                long p = blk * TB + tt;
-                long n = p / (nH * nW), th = p / nW % nH, tw = p % nW;
-                for (long c0 = 0; c0 < C; c0 += CB) {
-                    int cb = (int)min_l(CB, C - c0);
-                    for (int i = 0; i < 6; i++) {
-                        long yy = 4 * th - 1 + i;
-                        for (int j = 0; j < 6; j++) {
-                            long xx = 4 * tw - 1 + j;
-                            float *dst = d + (i * 6 + j) * CB;
-                            if (p >= P || yy < 0 || yy >= H || xx < 0 || xx >= W)
-                                memset(dst, 0, sizeof(float) * cb);
-                            else
-                                memcpy(dst, x + ((n * H + yy) * W + xx) * C + c0, sizeof(float) * cb);
-                        }
-                    }
-                    for (int j = 0; j < 6; j++) bt6(d + j * CB, 6 * CB, t + j * CB, 6 * CB, cb);
-                    for (int i = 0; i < 6; i++) bt6(t + i * 6 * CB, CB, v + i * 6 * CB, CB, cb);
-                    for (int a = 0; a < 36; a++) memcpy(V + (a * TB + tt) * C + c0, v + a * CB, sizeof(float) * cb);
-                }
-            }
+            for (int tt = 0; tt < TB; tt++) input_tile(x, g, C, blk * TB + tt, V + tt * C, TB * C);
             for (int a = 0; a < 36; a++) product(V + a * TB * C, U + a * C * O, M + a * TB * O, C, O);
-            for (int tt = 0; tt < TB; tt++) {            /* y = A^T M A, cropped, plus the bias */
-                long p = blk * TB + tt;
-                if (p >= P) break;
-                long n = p / (nH * nW), th = p / nW % nH, tw = p % nW;
-                for (long c0 = 0; c0 < O; c0 += CB) {
-                    int cb = (int)min_l(CB, O - c0);
-                    const float *m = M + tt * O + c0;  /* m[a]: M[a][tt][c0..], a = i*6+j */
-                    for (int j = 0; j < 6; j++) at6(m + j * TB * O, 6 * TB * O, t + j * CB, 6 * CB, cb);
-                    for (int i = 0; i < 4; i++) at6(t + i * 6 * CB, CB, r + i * 4 * CB, CB, cb);
-                    for (int i = 0; i < 4; i++) {
-                        long yy = 4 * th + i;
-                        if (yy >= H) break;
-                        for (int j = 0; j < 4; j++) {
-                            long xx = 4 * tw + j;
-                            if (xx >= W) break;
-                            float *dst = y + ((n * H + yy) * W + xx) * O + c0;
-                            const float *src = r + (i * 4 + j) * CB;
-                            if (bias) {
-#pragma omp simd
-                                for (int c = 0; c < cb; c++) dst[c] = src[c] + bias[c0 + c];
-                            } else {
-                                memcpy(dst, src, sizeof(float) * cb);
-                            }
-                        }
-                    }
-                }
-            }
+            for (int tt = 0; tt < TB && blk * TB + tt < g.P; tt++)
+                output_tile(M + tt * O, TB * O, bias, y, g, O, blk * TB + tt);
         }
         free(V);
         free(M);
     }
 }
 
-/* U[a][c][o] = (G g G^T)[a] for the filters g = w[o][c] (w: O x C x 3 x 3), in double precision so that G's
- * 1/6 and 1/24 are rounded once, at the end. */
-static const double Gm[6][3] = {{0.25, 0, 0}, {-1.0 / 6, -1.0 / 6, -1.0 / 6}, {-1.0 / 6, 1.0 / 6, -1.0 / 6},
-                                {1.0 / 24, 1.0 / 12, 1.0 / 6}, {1.0 / 24, -1.0 / 12, 1.0 / 6}, {0, 0, 1}};
+/* dU (36 x C x O) = sum over tiles of V[a]^T (A e A^T)[a], V[a] = (B^T d B)[a]: the gradient of U for the
+ * output gradient e (N x H x W x O) and the input x (N x H x W x C); C a multiple of 4, O of VL. Each thread
+ * sums its blocks of tiles into its own dU, and the threads' sums are added at the end. */
+void winograd_filter_grad(const float *x, const float *e, float *dU, long N, long H, long W, long C, long O) {
+    grid g = grid_of(N, H, W);
+    long blocks = (g.P + TB - 1) / TB;
+    memset(dU, 0, sizeof(float) * 36 * C * O);
+#pragma omp parallel
+    {
+        float *V = aligned_alloc(64, sizeof(float) * 36 * TB * C);
+        float *E = aligned_alloc(64, sizeof(float) * 36 * TB * O);
+        float *sum = aligned_alloc(64, sizeof(float) * 36 * C * O);
+        memset(sum, 0, sizeof(float) * 36 * C * O);
+#pragma omp for schedule(static)
+        for (long blk = 0; blk < blocks; blk++) {
+            for (int tt = 0; tt < TB; tt++) {
+                input_tile(x, g, C, blk * TB + tt, V + tt * C, TB * C);
+                adjoint_tile(e, g, O, blk * TB + tt, E + tt * O, TB * O);
+            }
+            for (int a = 0; a < 36; a++) accumulate(V + a * TB * C, E + a * TB * O, sum + a * C * O, C, O);
+        }
+#pragma omp critical
+        for (long i = 0; i < 36 * C * O; i++) dU[i] += sum[i];
+        free(V);
+        free(E);
+        free(sum);
+    }
+}
+
+/* U[a][c][o] = (G g G^T)[a] for the filters g = w[o][c] (w: O x C x 3 x 3), VL filters (consecutive o) at a
+ * time so that the arithmetic runs across vector lanes and every store is a whole vector. */
+static const float Gm[6][3] = {{0.25f, 0, 0}, {-1.0f / 6, -1.0f / 6, -1.0f / 6}, {-1.0f / 6, 1.0f / 6, -1.0f / 6},
+                               {1.0f / 24, 1.0f / 12, 1.0f / 6}, {1.0f / 24, -1.0f / 12, 1.0f / 6}, {0, 0, 1}};
 
 void winograd_filter(const float *w, float *U, long C, long O) {
 #pragma omp parallel for schedule(static)
     for (long c = 0; c < C; c++) {
-        for (long o = 0; o < O; o++) {
-            const float *g = w + (o * C + c) * 9;
-            double t[6][3];
+        for (long o0 = 0; o0 < O; o0 += VL) {
+            int lanes = (int)min_l(VL, O - o0);
+            float g[9][VL], t[6][3][VL];
+            for (int l = 0; l < lanes; l++)
+                for (int k = 0; k < 9; k++) g[k][l] = w[((o0 + l) * C + c) * 9 + k];
             for (int a = 0; a < 6; a++)
-                for (int l = 0; l < 3; l++) t[a][l] = Gm[a][0] * g[l] + Gm[a][1] * g[3 + l] + Gm[a][2] * g[6 + l];
+                for (int j = 0; j < 3; j++)
+#pragma omp simd
+                    for (int l = 0; l < VL; l++)
+                        t[a][j][l] = Gm[a][0] * g[j][l] + Gm[a][1] * g[3 + j][l] + Gm[a][2] * g[6 + j][l];
             for (int a = 0; a < 6; a++)
-                for (int b = 0; b < 6; b++)
-                    U[((a * 6 + b) * C + c) * O + o] = (float)(t[a][0] * Gm[b][0] + t[a][1] * Gm[b][1] + t[a][2] * Gm[b][2]);
+                for (int b = 0; b < 6; b++) {
+                    float *dst = U + ((a * 6 + b) * C + c) * O + o0;
+#pragma omp simd
+                    for (int l = 0; l < lanes; l++)
+                        dst[l] = t[a][0][l] * Gm[b][0] + t[a][1][l] * Gm[b][1] + t[a][2][l] * Gm[b][2];
+                }
         }
     }
 }
@@ -263,21 +314,31 @@ void winograd_filter(const float *w, float *U, long C, long O) {
 void winograd_filter_adjoint(const float *dU, float *dw, long C, long O) {
 #pragma omp parallel for schedule(static)
     for (long c = 0; c < C; c++) {
-        for (long o = 0; o < O; o++) {
-            double t[3][6];
+        for (long o0 = 0; o0 < O; o0 += VL) {
+            int lanes = (int)min_l(VL, O - o0);
+            float u[36][VL], t[3][6][VL], g[9][VL];
+            for (int a = 0; a < 36; a++) {
+                memset(u[a], 0, sizeof u[a]);
+                memcpy(u[a], dU + (a * C + c) * O + o0, sizeof(float) * lanes);
+            }
             for (int k = 0; k < 3; k++)
-                for (int b = 0; b < 6; b++) {
-                    double s = 0;
-                    for (int a = 0; a < 6; a++) s += Gm[a][k] * dU[((a * 6 + b) * C + c) * O + o];
-                    t[k][b] = s;
-                }
-            float *g = dw + (o * C + c) * 9;
+                for (int b = 0; b < 6; b++)
+#pragma omp simd
+                    for (int l = 0; l < VL; l++) {
+                        float s = 0;
+                        for (int a = 0; a < 6; a++) s += Gm[a][k] * u[a * 6 + b][l];
+                        t[k][b][l] = s;
+                    }
             for (int k = 0; k < 3; k++)
-                for (int l = 0; l < 3; l++) {
-                    double s = 0;
-                    for (int b = 0; b < 6; b++) s += t[k][b] * Gm[b][l];
-                    g[k * 3 + l] = (float)s;
-                }
+                for (int j = 0; j < 3; j++)
+#pragma omp simd
+                    for (int l = 0; l < VL; l++) {
+                        float s = 0;
+                        for (int b = 0; b < 6; b++) s += t[k][b][l] * Gm[b][j];
+                        g[k * 3 + j][l] = s;
+                    }
+            for (int l = 0; l < lanes; l++)
+                for (int k = 0; k < 9; k++) dw[((o0 + l) * C + c) * 9 + k] = g[k][l];
         }
     }
 }

@@ -96,7 +96,7 @@ def library() -> ctypes.CDLL | None:
     long, ptr = ctypes.c_long, ctypes.c_void_p
     lib.winograd_conv.argtypes = [ptr, ptr, ptr, ptr] + [long] * 5
     lib.winograd_filter.argtypes = lib.winograd_filter_adjoint.argtypes = [ptr, ptr, long, long]
-    lib.winograd_input.argtypes = lib.winograd_output_adjoint.argtypes = [ptr, ptr] + [long] * 4
+    lib.winograd_filter_grad.argtypes = [ptr, ptr, ptr] + [long] * 5
     _state["lib"] = lib
     return lib
 
@@ -149,20 +149,13 @@ def convolve(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None) -> tor
     return y
 
 
-def input_transform(x: torch.Tensor) -> torch.Tensor:
-    """(N, C, H, W) channels_last -> V (36, tiles, C): B^T d B of every 6x6 input tile."""
+def filter_grad(x: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
+    """dU (36, C, O) = sum over tiles of V[a]^T (A dY A^T)[a]: the gradient of U, from the layer's input and
+    output gradient (both channels_last), fused per block of tiles like convolve()."""
     n, c, h, w = x.shape
-    v = torch.empty(36, tiles(n, h, w), c)
-    library().winograd_input(x.data_ptr(), v.data_ptr(), n, h, w, c)
-    return v
-
-
-def output_adjoint(g: torch.Tensor) -> torch.Tensor:
-    """(N, C, H, W) channels_last gradient -> dM (36, tiles, C): A g A^T of every 4x4 tile."""
-    n, c, h, w = g.shape
-    dm = torch.empty(36, tiles(n, h, w), c)
-    library().winograd_output_adjoint(g.data_ptr(), dm.data_ptr(), n, h, w, c)
-    return dm
+    du = torch.empty(36, c, dy.shape[1])
+    library().winograd_filter_grad(x.data_ptr(), dy.data_ptr(), du.data_ptr(), n, h, w, c, dy.shape[1])
+    return du
 
 
 class Winograd3x3(torch.autograd.Function):
@@ -183,7 +176,7 @@ class Winograd3x3(torch.autograd.Function):
         if ctx.needs_input_grad[0]:          # dX: dY correlated with the flipped, transposed filters
             dx = convolve(dy, filter_transform(weight.flip(2, 3).transpose(0, 1)), None)
         if ctx.needs_input_grad[1]:          # dU[a] = V[a]^T dM[a], dW = G^T dU G
-            dw = filter_adjoint(torch.bmm(input_transform(x).transpose(1, 2), output_adjoint(dy)))
+            dw = filter_adjoint(filter_grad(x, dy))
         if ctx.has_bias and ctx.needs_input_grad[2]:
             db = dy.sum((0, 2, 3))
         return dx, dw, db, None
@@ -219,5 +212,7 @@ class Conv3x3(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if applies(self, x):
-            return Winograd3x3.apply(x, self.weight, self.bias, self.transformed())
+            if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
+                return Winograd3x3.apply(x, self.weight, self.bias, self.transformed())
+            return convolve(x, self.transformed(), self.bias.detach())
         return F.conv2d(x, self.weight, self.bias, padding=1)
