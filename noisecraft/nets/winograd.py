@@ -1,23 +1,24 @@
-"""3x3 convolutions by Winograd's minimal filtering F(4x4, 3x3) (Lavin & Gray 2016): 4x fewer multiplications
-than the direct convolution, for fp32 on the CPU, where the direct one is already at 60-80% of the machine's
-peak and nothing else makes it faster (measured in benchmarks/speed.py).
+"""3x3 convolutions by Winograd's minimal filtering F(4x4, 3x3) (Lavin & Gray 2016), for fp32 on the CPU:
+4x fewer multiplications than the direct convolution, which oneDNN already runs at 60-75% of the machine's
+peak (benchmarks/speed.py), so that no other lever makes fp32 much faster.
 
-Over 6x6 input tiles d (stride 4) and a filter g, one 4x4 output tile is
+Over 6x6 input tiles d (stride 4) and a 3x3 filter g, one 4x4 output tile is
 
     Y = A^T [ U (.) V ] A,    U = G g G^T,    V = B^T d B,
 
 and summing over input channels turns the elementwise products into 36 matrix products, one per tile
-position: M[a] = V[a] @ U[a], with V (36, tiles, C_in) and U (36, C_in, C_out). The matrix products run in
-torch.bmm (MKL); the tile transforms, memory-bound, in winograd.c, compiled on first use with the machine's
-C compiler (-march=native) into a cache folder. The gradients are the exact adjoints of the same steps:
-dX is the convolution of dY with the flipped, transposed filter (the same three steps again), dW = G^T dU G
-with dU[a] = V[a]^T dM[a] and dM = A dY A^T tile by tile.
+position a: M[a] = V[a] @ U[a], V[a] (tiles x C_in), U[a] (C_in x C_out). winograd.c does every step for
+a block of 24 tiles at a time, so that V and M never leave the core's cache (done as separate passes, the
+transforms were memory-bound and ate the gain). It is compiled on first use with the machine's C compiler
+(-march=native) into ~/.cache/noisecraft and called through ctypes. The gradients are the exact adjoints
+of the same steps: dX is the convolution of dY with the flipped, transposed filters (the same kernel),
+and dW = G^T dU G with dU[a] = sum over tiles of V[a]^T (A dY A^T)[a].
 
-The fast path runs where it measured faster than PyTorch's convolution (oneDNN): fp32 CPU tensors in
-channels_last, 3x3 filters with stride 1 and padding 1, and enough tiles for the matrix products to pay
-(MIN_TILES). Everything else -- bf16 autocast, GPUs, torch.compile, a machine without a C compiler --
-takes nn.Conv2d's own path. The results agree with it to fp32 rounding: the transforms' constants (1/6,
-1/24) add a few ulps, measured in tests/nets/test_winograd.py.
+The fast path runs where it measured faster than PyTorch's convolution: fp32 CPU tensors in channels_last
+(the UNet's layout), channel counts that are multiples of 16, and at least MIN_TILES tiles per call.
+Everything else -- bf16 autocast, GPUs, torch.compile, a machine without a C compiler -- takes the ordinary
+F.conv2d. The results agree with it to fp32 rounding: the transforms' constants (up to 8, and 1/24) cost
+a few more ulps than the direct sum, about 1e-5 relative per layer (tests/nets/test_winograd.py).
 """
 from __future__ import annotations
 
@@ -28,7 +29,9 @@ import os
 import platform
 import subprocess
 import tempfile
+import threading
 import warnings
+import weakref
 from pathlib import Path
 
 import torch
@@ -40,11 +43,8 @@ CFLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
 MIN_TILES = 16               # below this many 4x4 tiles per call, oneDNN's direct convolution was faster
 CHANNEL_MULTIPLE = 16        # input and output channels: whole vectors of the widest SIMD (AVX-512)
 
-G = torch.tensor([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
-                  [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]], dtype=torch.float64)
-GG = torch.kron(G, G)        # (36, 9): the filter transform as one matrix
-
 _state = {"lib": None, "tried": False, "enabled": True}
+_build_lock = threading.Lock()
 
 
 # -- the compiled transforms --------------------------------------------------------------------------------------
@@ -77,27 +77,30 @@ def build(target: Path) -> None:
 
 
 def library() -> ctypes.CDLL | None:
-    """The compiled transforms, built on first use; None where they cannot be built (then a one-line warning,
+    """The compiled kernels, built on first use; None where they cannot be built (then a one-line warning,
     once, and every convolution takes PyTorch's path)."""
-    if _state["tried"]:
-        return _state["lib"]
-    _state["tried"] = True
+    with _build_lock:
+        if not _state["tried"]:
+            _state["tried"] = True
+            _state["lib"] = load()
+    return _state["lib"]
+
+
+def load() -> ctypes.CDLL | None:
     target = cache_dir() / f"winograd-{machine_key()}.so"
     try:
         if not target.exists():
             build(target)
         lib = ctypes.CDLL(str(target))
     except (OSError, subprocess.SubprocessError) as e:
-        detail = e.stderr.decode(errors="replace").strip().splitlines()[-1:] if getattr(e, "stderr", None) else [e]
-        warnings.warn(f"noisecraft: the Winograd convolutions could not be built ({detail[0] if detail else e}); "
-                      "3x3 convolutions use PyTorch's, which is slower in fp32 on the CPU", RuntimeWarning,
-                      stacklevel=2)
+        stderr = (getattr(e, "stderr", None) or b"").decode(errors="replace").strip().splitlines()
+        warnings.warn(f"noisecraft: the Winograd convolution kernels could not be built ({stderr[-1] if stderr else e});"
+                      " 3x3 convolutions use PyTorch's, slower in fp32 on the CPU", RuntimeWarning, stacklevel=3)
         return None
     long, ptr = ctypes.c_long, ctypes.c_void_p
     lib.winograd_conv.argtypes = [ptr, ptr, ptr, ptr] + [long] * 5
-    lib.winograd_filter.argtypes = lib.winograd_filter_adjoint.argtypes = [ptr, ptr, long, long]
     lib.winograd_filter_grad.argtypes = [ptr, ptr, ptr] + [long] * 5
-    _state["lib"] = lib
+    lib.winograd_filter.argtypes = lib.winograd_filter_adjoint.argtypes = [ptr, ptr, long, long]
     return lib
 
 
@@ -195,24 +198,26 @@ def applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
 
 class Conv3x3(nn.Conv2d):
     """nn.Conv2d(in, out, 3, padding=1) -- the same parameters and state_dict -- that runs on the Winograd
-    path where that is faster. Without gradients (sampling) the transformed filters are kept from call to
-    call until the weights change."""
+    path where that is faster. Without gradients (sampling) the transformed filters (4x the weight's size)
+    are kept from call to call until the weight changes: in place (its version), or replaced."""
 
-    def __init__(self, in_channels: int, out_channels: int):
-        super().__init__(in_channels, out_channels, 3, padding=1)
-        self._filters = (None, None)
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = True):
+        super().__init__(in_channels, out_channels, 3, padding=1, bias=bias)
+        self._filters: tuple = (None, None)
 
     def transformed(self) -> torch.Tensor:
-        key = (self.weight.data_ptr(), self.weight._version)
         if torch.is_grad_enabled():
             return filter_transform(self.weight)
-        if self._filters[0] != key:
-            self._filters = (key, filter_transform(self.weight))
-        return self._filters[1]
+        w = self.weight
+        key, u = self._filters
+        if key is None or key[0]() is not w or key[1:] != (w.data_ptr(), w._version):
+            u = filter_transform(w)
+            self._filters = ((weakref.ref(w), w.data_ptr(), w._version), u)
+        return u
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if applies(self, x):
-            if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
-                return Winograd3x3.apply(x, self.weight, self.bias, self.transformed())
-            return convolve(x, self.transformed(), self.bias.detach())
-        return F.conv2d(x, self.weight, self.bias, padding=1)
+        if not applies(self, x):
+            return F.conv2d(x, self.weight, self.bias, padding=1)
+        if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
+            return Winograd3x3.apply(x, self.weight, self.bias, self.transformed())
+        return convolve(x, self.transformed(), None if self.bias is None else self.bias.detach())

@@ -1,0 +1,188 @@
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from noisecraft.nets import PRESETS, UNet
+from noisecraft.nets import winograd as wg
+from noisecraft.nets.winograd import Conv3x3
+
+pytestmark = pytest.mark.skipif(wg.library() is None, reason="no C compiler: the Winograd kernels are not built")
+
+# fp32 rounding of the Winograd transforms, relative to the largest output: measured 2e-6 - 1e-5 per layer
+# (the direct convolution's own rounding is 3x-8x smaller).
+PER_LAYER = 3e-5
+
+
+def _conv(c_in, c_out, seed=0):
+    torch.manual_seed(seed)
+    return Conv3x3(c_in, c_out)
+
+
+def _reference(conv, x, dy=None):
+    """conv2d in float64: the exact value that both fp32 paths round."""
+    xr = x.detach().double().requires_grad_()
+    wr, br = conv.weight.detach().double().requires_grad_(), conv.bias.detach().double().requires_grad_()
+    y = F.conv2d(xr, wr, br, padding=1)
+    if dy is None:
+        return y
+    return y, torch.autograd.grad(y, (xr, wr, br), dy.double())
+
+
+def _rel(a, b):
+    return float((a.double() - b).abs().max() / b.abs().max())
+
+
+def _nhwc(*shape):
+    return wg.channels_last(torch.randn(*shape))
+
+
+@pytest.mark.parametrize("n,c_in,c_out,size", [(16, 64, 64, 32), (4, 128, 128, 16), (3, 32, 48, 13),
+                                               (4, 16, 16, 7), (64, 128, 128, 8), (1, 192, 64, 32)])
+def test_forward_matches_the_direct_convolution_to_fp32_rounding(n, c_in, c_out, size):
+    conv, x = _conv(c_in, c_out), _nhwc(n, c_in, size, size)      # 13 and 7: edge tiles stick out of the image
+    assert wg.applies(conv, x)
+    with torch.no_grad():
+        y = conv(x)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert _rel(y, _reference(conv, x)) < PER_LAYER
+
+
+def test_gradients_match_the_direct_convolution():
+    conv, x = _conv(32, 48), _nhwc(3, 32, 13, 13).requires_grad_()
+    y = conv(x)
+    dy = torch.randn_like(y)
+    grads = torch.autograd.grad(y, (x, conv.weight, conv.bias), dy)
+    ref_y, ref_grads = _reference(conv, x, dy)
+    assert _rel(y, ref_y) < PER_LAYER
+    for name, g, r in zip(("input", "weight", "bias"), grads, ref_grads):
+        assert g.shape == r.shape
+        assert _rel(g, r) < PER_LAYER, name
+
+
+def test_weight_gradient_alone_and_input_gradient_alone():
+    conv, x = _conv(16, 32), _nhwc(2, 16, 9, 9)
+    dy = torch.randn(2, 32, 9, 9)
+    _, (_, ref_w, _) = _reference(conv, x, dy)
+    (gw,) = torch.autograd.grad(conv(x), (conv.weight,), dy)      # x needs no gradient: first layer
+    assert _rel(gw, ref_w) < PER_LAYER
+    conv.requires_grad_(False)
+    xg = x.clone().requires_grad_()
+    (gx,) = torch.autograd.grad(conv(xg), (xg,), dy)              # frozen weights: only dX
+    _, (ref_x, _, _) = _reference(conv, x, dy)
+    assert _rel(gx, ref_x) < PER_LAYER
+
+
+def test_a_layer_keeps_nn_conv2d_parameters_and_state_dict():
+    conv = _conv(32, 64)
+    plain = nn.Conv2d(32, 64, 3, padding=1)
+    assert isinstance(conv, nn.Conv2d)
+    assert conv.state_dict().keys() == plain.state_dict().keys()
+    plain.load_state_dict(conv.state_dict())
+    x = _nhwc(2, 32, 8, 8)
+    with torch.no_grad():
+        assert _rel(conv(x), plain(x).double()) < PER_LAYER
+
+
+def test_the_transformed_filters_follow_the_weights_when_they_change():
+    conv, x = _conv(32, 32), _nhwc(2, 32, 16, 16)
+    with torch.inference_mode():
+        first = conv(x)
+        assert torch.equal(conv(x), first)                        # the cached transform: the same numbers
+    with torch.no_grad():
+        conv.weight.mul_(2)                                       # in place
+    with torch.inference_mode():
+        assert _rel(conv(x), 2 * first.double() - conv.bias.double()[:, None, None]) < PER_LAYER
+    conv.weight = nn.Parameter(torch.zeros_like(conv.weight))     # replaced
+    with torch.inference_mode():
+        torch.testing.assert_close(conv(x), conv.bias[:, None, None].expand_as(first))
+
+
+@pytest.mark.parametrize("case", ["nchw", "channels", "few tiles", "bf16 autocast", "float64", "disabled"])
+def test_other_calls_take_the_ordinary_convolution(case, monkeypatch):
+    c_in, x_shape, dtype = 32, (4, 32, 16, 16), torch.float32
+    if case == "channels":
+        c_in, x_shape = 24, (4, 24, 16, 16)                       # not whole SIMD vectors
+    if case == "few tiles":
+        x_shape = (1, 32, 8, 8)                                   # 4 tiles
+    if case == "float64":
+        dtype = torch.float64
+    conv = _conv(c_in, 32).to(dtype)
+    x = torch.randn(*x_shape, dtype=dtype)
+    if case != "nchw":
+        x = wg.channels_last(x)
+    monkeypatch.setattr(wg, "convolve", lambda *a: pytest.fail("the Winograd path ran"))
+    with torch.no_grad():
+        if case == "bf16 autocast":
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                y = conv(x)
+            assert y.dtype == torch.bfloat16
+        elif case == "disabled":
+            with wg.disabled():
+                y = conv(x)
+            assert wg.applies(conv, x)                            # and back on after the block
+        else:
+            y = conv(x)
+    assert y.shape == (x_shape[0], 32, *x_shape[2:])
+
+
+def test_convolve_refuses_buffers_it_would_misread():
+    u = wg.filter_transform(torch.randn(32, 16, 3, 3))
+    with pytest.raises(ValueError, match="channels_last fp32"):
+        wg.convolve(torch.randn(2, 16, 8, 8), u, None)              # NCHW
+    with pytest.raises(ValueError, match="channels_last fp32"):
+        wg.convolve(_nhwc(2, 8, 8, 8), u, None)                     # U for other input channels
+
+
+def test_the_unet_agrees_with_the_direct_convolutions_forward_and_backward():
+    torch.manual_seed(0)
+    net = UNet(PRESETS["small"])
+    with torch.no_grad():                                         # trained-like: every layer matters
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    x, t = torch.randn(4, 3, 32, 32), torch.tensor([10.0, 300.0, 600.0, 990.0])
+    calls = []
+    real = wg.convolve
+    with torch.inference_mode():
+        wg.convolve = lambda *a: calls.append(1) or real(*a)
+        try:
+            fast = net(x, t)
+        finally:
+            wg.convolve = real
+        with wg.disabled():
+            plain = net(x, t)
+    assert len(calls) > 20                                        # the 3x3 layers of 64 and 128 channels
+    torch.testing.assert_close(fast, plain, atol=1e-4, rtol=0)
+    grads = {}
+    for name, ctx in (("fast", torch.enable_grad()), ("plain", wg.disabled())):
+        net.zero_grad()
+        with ctx:
+            net(x, t).square().mean().backward()
+        grads[name] = [p.grad.clone() for p in net.parameters()]
+    for (name, _), g, r in zip(net.named_parameters(), grads["fast"], grads["plain"]):
+        torch.testing.assert_close(g, r, atol=1e-5, rtol=1e-3, msg=name)
+
+
+def test_a_machine_without_a_compiler_warns_once_and_falls_back(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setitem(wg._state, "tried", False)
+    monkeypatch.setitem(wg._state, "lib", None)
+    with pytest.warns(RuntimeWarning, match="could not be built.*use PyTorch's"):
+        assert wg.library() is None
+    conv, x = _conv(32, 32), _nhwc(2, 32, 16, 16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                            # once: no second warning
+        with torch.no_grad():
+            y = conv(x)
+    assert _rel(y, _reference(conv, x)) < 1e-5                    # the ordinary convolution ran
+    assert not list((tmp_path / "noisecraft").glob("*"))          # no half-written library left behind
+
+
+def test_a_build_is_atomic_and_cached_per_machine(tmp_path):
+    target = tmp_path / "noisecraft" / f"winograd-{wg.machine_key()}.so"
+    wg.build(target)
+    assert target.exists() and [p.name for p in target.parent.iterdir()] == [target.name]
+    assert len(wg.machine_key()) == 16 and wg.machine_key() == wg.machine_key()
