@@ -15,9 +15,12 @@ Measured, each as the best of several timed repeats after warm-up, alternating t
     of one configuration spread over 100 MB);
   - each figure as achieved GFLOP/s and as a share of the ceiling of its precision;
   - one lever alone: the fused attention kernel against the explicit product in a bf16 training step.
-Configurations: noisecraft as shipped (fp32, channels_last), noisecraft bf16 autocast, noisecraft with
-torch.compile (forward at batch 16 only: compiling costs about 30 s per shape), diffusers as shipped
-(fp32, NCHW), and diffusers given channels_last too (a reference a diffusers user could reach).
+Configurations: noisecraft as shipped (fp32, channels_last, Winograd 3x3 convolutions), noisecraft-direct
+(the same with PyTorch's direct convolutions: the Winograd lever alone), noisecraft bf16 autocast,
+noisecraft with torch.compile (forward at batch 16 only: compiling costs about 30 s per shape; compiled
+graphs use the direct convolutions), diffusers as shipped (fp32, NCHW), and diffusers given channels_last
+too (a reference a diffusers user could reach). FLOPs are the direct convolution's (Winograd does 4x fewer
+multiplications in the 3x3 layers, so its share of the direct ceiling can pass 100%).
 
 The bf16 path's quality is checked on the shipped `fashion` model: 500 class-conditional samples (50
 per class; sample()'s default DDIM with 50 steps, the model's guidance 2) in fp32 and in bf16 from the
@@ -43,6 +46,7 @@ from noisecraft.device import speed_up
 from noisecraft.io import atomic_write_json
 from noisecraft.models import DiffusionModel, ModelConfig
 from noisecraft.nets import PRESETS
+from noisecraft.nets import winograd
 from noisecraft.nets.layers import attention
 
 ROOT = Path(__file__).resolve().parent
@@ -88,6 +92,7 @@ class Diffusers(torch.nn.Module):
 
 def build(name: str) -> torch.nn.Module:
     return {"noisecraft": lambda: noisecraft_model("fp32"), "noisecraft-bf16": lambda: noisecraft_model("bf16"),
+            "noisecraft-direct": lambda: noisecraft_model("fp32"),
             "noisecraft-compile": lambda: noisecraft_model("fp32"), "diffusers": lambda: Diffusers(),
             "diffusers-channels_last": lambda: Diffusers(channels_last=True),
             "diffusers-bf16": lambda: Diffusers(channels_last=True, precision="bf16")}[name]()
@@ -101,13 +106,25 @@ def inputs(batch: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def flops_per_image(model: torch.nn.Module) -> float:
+    """The direct convolution's FLOPs (the Winograd kernels run outside torch's operators, unseen by the counter)."""
     x, t = inputs(2)
-    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+    with FlopCounterMode(display=False) as counter, torch.inference_mode(), winograd.disabled():
         model(x, t)
     return counter.get_total_flops() / 2
 
 
 # -- timing ------------------------------------------------------------------------------------------------------
+def as_run(name: str, fn):
+    """fn as configuration `name` runs it: noisecraft-direct with the Winograd convolutions switched off."""
+    if name != "noisecraft-direct":
+        return fn
+
+    def run():
+        with winograd.disabled():
+            return fn()
+    return run
+
+
 def best_seconds(fn, repeats: int, warmup: int = 2) -> float:
     for _ in range(warmup):
         fn()
@@ -219,7 +236,7 @@ def peak_memory_mb(name: str, mode: str) -> float:
 def memory_probe(spec: str) -> None:
     name, mode = spec.split(":")
     model = build(name)
-    fn = forward_fn(model, 64) if mode == "forward" else train_fn(model, TRAIN_BATCH)
+    fn = as_run(name, forward_fn(model, 64) if mode == "forward" else train_fn(model, TRAIN_BATCH))
     Path("/proc/self/clear_refs").write_text("5")
     before = _status_kb("VmRSS")
     fn()
@@ -307,7 +324,8 @@ def main() -> None:
         except NoisecraftError as e:
             raise SystemExit(f"the bf16 quality check needs Fashion-MNIST: {e} (or pass --no-quality)")
 
-    names = ["noisecraft", "noisecraft-bf16", "diffusers", "diffusers-channels_last", "diffusers-bf16"]
+    names = ["noisecraft", "noisecraft-direct", "noisecraft-bf16", "diffusers", "diffusers-channels_last",
+             "diffusers-bf16"]
     models = {name: build(name) for name in names}
     flops = {name: flops_per_image(models[name]) for name in ("noisecraft", "diffusers")}
     params = {name: sum(p.numel() for p in models[name].parameters()) for name in ("noisecraft", "diffusers")}
@@ -322,14 +340,15 @@ def main() -> None:
     results = {name: {} for name in names}
     for batch in BATCHES:                               # libraries alternate within each measurement
         for name in names:
-            s = best_seconds(forward_fn(models[name], batch), args.repeats)
+            s = best_seconds(as_run(name, forward_fn(models[name], batch)), args.repeats)
             results[name][f"forward_b{batch}"] = batch / s
     for name in names:
-        results[name]["train_b32"] = TRAIN_BATCH / best_seconds(train_fn(build(name), TRAIN_BATCH), args.repeats)
+        results[name]["train_b32"] = TRAIN_BATCH / best_seconds(as_run(name, train_fn(build(name), TRAIN_BATCH)),
+                                                                args.repeats)
         models[name].eval()
         for n in SAMPLE_SIZES:
-            results[name][f"sample_{n}x{SAMPLE_STEPS}"] = n / best_seconds(sample_fn(name, models[name], n),
-                                                                           max(2, args.repeats // 2), warmup=1)
+            run = as_run(name, sample_fn(name, models[name], n))
+            results[name][f"sample_{n}x{SAMPLE_STEPS}"] = n / best_seconds(run, max(2, args.repeats // 2), warmup=1)
         print(name, json.dumps(results[name]), flush=True)
 
     compiled = speed_up(build("noisecraft-compile"), "fp32", compile=True)
@@ -360,7 +379,11 @@ def main() -> None:
     report["ratios"] = {
         f"{mine}/{ref}": {key: work(mine, key) / work(ref, key) for key in results["diffusers"]
                           if key in results[mine] and not key.startswith(("gflops", "ceiling", "peak"))}
-        for mine in ("noisecraft", "noisecraft-bf16") for ref in ("diffusers", "diffusers-channels_last")}
+        for mine in ("noisecraft", "noisecraft-direct", "noisecraft-bf16")
+        for ref in ("diffusers", "diffusers-channels_last")}
+    report["ratios"]["noisecraft/noisecraft-direct"] = {      # the Winograd lever alone
+        key: results["noisecraft"][key] / results["noisecraft-direct"][key] for key in results["diffusers"]
+        if not key.startswith(("gflops", "ceiling", "peak"))}
     report["ratios"]["noisecraft-bf16/diffusers-bf16"] = {
         key: work("noisecraft-bf16", key) / work("diffusers-bf16", key) for key in results["diffusers"]
         if not key.startswith(("gflops", "ceiling", "peak"))}
@@ -384,12 +407,13 @@ def plot(report: dict, path: Path) -> None:
 
     keys = [f"forward_b{b}" for b in BATCHES] + ["train_b32", "sample_64x20", "sample_1x20"]
     labels = ["forward b1", "forward b16", "forward b64", "train b32", "sample 64x20", "sample 1x20"]
-    names = ["diffusers", "diffusers-channels_last", "noisecraft", "diffusers-bf16", "noisecraft-bf16"]
+    names = ["diffusers", "diffusers-channels_last", "noisecraft-direct", "noisecraft", "diffusers-bf16",
+             "noisecraft-bf16"]
     fig, ax = plt.subplots(figsize=(9, 3.6))
-    width = 0.16
+    width = 0.13
     for i, name in enumerate(names):
         base = report["results"]["diffusers"]
-        ax.bar([k + (i - 2) * width for k in range(len(keys))],
+        ax.bar([k + (i - 2.5) * width for k in range(len(keys))],
                [report["results"][name][key] / base[key] for key in keys], width, label=name)
     ax.axhline(1.0, color="k", lw=0.8)
     ax.set_xticks(range(len(keys)), labels)

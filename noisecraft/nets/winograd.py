@@ -41,6 +41,7 @@ from torch import nn
 SOURCE = Path(__file__).with_name("winograd.c")
 CFLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
 MIN_TILES = 16               # below this many 4x4 tiles per call, oneDNN's direct convolution was faster
+CACHE_BELOW_TILES = 256      # with fewer tiles, the filter transform costs over ~2% of a call: keep it
 CHANNEL_MULTIPLE = 16        # input and output channels: whole vectors of the widest SIMD (AVX-512)
 
 _state = {"lib": None, "tried": False, "enabled": True}
@@ -94,8 +95,9 @@ def load() -> ctypes.CDLL | None:
         lib = ctypes.CDLL(str(target))
     except (OSError, subprocess.SubprocessError) as e:
         stderr = (getattr(e, "stderr", None) or b"").decode(errors="replace").strip().splitlines()
-        warnings.warn(f"noisecraft: the Winograd convolution kernels could not be built ({stderr[-1] if stderr else e});"
-                      " 3x3 convolutions use PyTorch's, slower in fp32 on the CPU", RuntimeWarning, stacklevel=3)
+        reason = stderr[-1] if stderr else e
+        warnings.warn(f"noisecraft: the Winograd convolution kernels could not be built ({reason}); 3x3 "
+                      "convolutions use PyTorch's, slower in fp32 on the CPU", RuntimeWarning, stacklevel=3)
         return None
     long, ptr = ctypes.c_long, ctypes.c_void_p
     lib.winograd_conv.argtypes = [ptr, ptr, ptr, ptr] + [long] * 5
@@ -198,15 +200,19 @@ def applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
 
 class Conv3x3(nn.Conv2d):
     """nn.Conv2d(in, out, 3, padding=1) -- the same parameters and state_dict -- that runs on the Winograd
-    path where that is faster. Without gradients (sampling) the transformed filters (4x the weight's size)
-    are kept from call to call until the weight changes: in place (its version), or replaced."""
+    path where that is faster. Without gradients and at small batches (fewer than CACHE_BELOW_TILES tiles:
+    sampling one picture took 25% longer without it), the transformed filters, 4x the weight's size, are
+    kept from call to call until the weight changes: in place (its version), or replaced."""
 
     def __init__(self, in_channels: int, out_channels: int, bias: bool = True):
         super().__init__(in_channels, out_channels, 3, padding=1, bias=bias)
         self._filters: tuple = (None, None)
 
-    def transformed(self) -> torch.Tensor:
-        if torch.is_grad_enabled():
+    def __getstate__(self):                    # copies and pickles start without the cache (a weak reference)
+        return {**self.__dict__, "_filters": (None, None)}
+
+    def transformed(self, n_tiles: int) -> torch.Tensor:
+        if torch.is_grad_enabled() or n_tiles >= CACHE_BELOW_TILES:
             return filter_transform(self.weight)
         w = self.weight
         key, u = self._filters
@@ -218,6 +224,7 @@ class Conv3x3(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not applies(self, x):
             return F.conv2d(x, self.weight, self.bias, padding=1)
+        u = self.transformed(tiles(x.shape[0], x.shape[2], x.shape[3]))
         if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
-            return Winograd3x3.apply(x, self.weight, self.bias, self.transformed())
-        return convolve(x, self.transformed(), None if self.bias is None else self.bias.detach())
+            return Winograd3x3.apply(x, self.weight, self.bias, u)
+        return convolve(x, u, None if self.bias is None else self.bias.detach())

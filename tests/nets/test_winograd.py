@@ -1,3 +1,5 @@
+import copy
+import pickle
 import warnings
 
 import pytest
@@ -90,7 +92,7 @@ def test_the_transformed_filters_follow_the_weights_when_they_change():
     conv, x = _conv(32, 32), _nhwc(2, 32, 16, 16)
     with torch.inference_mode():
         first = conv(x)
-        assert torch.equal(conv(x), first)                        # the cached transform: the same numbers
+        assert conv._filters[0] is not None and torch.equal(conv(x), first)  # cached: the same numbers
     with torch.no_grad():
         conv.weight.mul_(2)                                       # in place
     with torch.inference_mode():
@@ -98,6 +100,24 @@ def test_the_transformed_filters_follow_the_weights_when_they_change():
     conv.weight = nn.Parameter(torch.zeros_like(conv.weight))     # replaced
     with torch.inference_mode():
         torch.testing.assert_close(conv(x), conv.bias[:, None, None].expand_as(first))
+
+
+def test_large_batches_and_training_keep_no_transformed_filters():
+    conv = _conv(32, 32)
+    with torch.inference_mode():
+        conv(_nhwc(16, 32, 16, 16))                               # 256 tiles: the transform is ~1% of the call
+    conv(_nhwc(2, 32, 16, 16))                                    # with gradients: the weights change each step
+    assert conv._filters == (None, None)
+
+
+def test_a_layer_with_cached_filters_copies_and_pickles():
+    conv, x = _conv(32, 32), _nhwc(2, 32, 16, 16)
+    with torch.inference_mode():
+        y = conv(x)
+    for other in (copy.deepcopy(conv), pickle.loads(pickle.dumps(conv))):
+        assert other._filters == (None, None)
+        with torch.inference_mode():
+            assert torch.equal(other(x), y)
 
 
 @pytest.mark.parametrize("case", ["nchw", "channels", "few tiles", "bf16 autocast", "float64", "disabled"])
