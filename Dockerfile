@@ -14,6 +14,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PORT=8080
 
 WORKDIR /app
+# A C compiler: noisecraft builds its Winograd convolution kernels for the machine it runs on (about 2x
+# faster fp32 3x3 convolutions on the CPU; without one it warns once and uses PyTorch's).
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev && rm -rf /var/lib/apt/lists/*
 # The CPU build of torch first: the default wheel would pull several GB of CUDA libraries.
 RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
 COPY pyproject.toml README.md ./
@@ -24,6 +27,8 @@ COPY models ./models
 
 RUN useradd --create-home --uid 1000 noisecraft && chown -R noisecraft /app
 USER noisecraft
+# Build the kernels now for this CPU (rebuilt at the first request if the serving CPU differs).
+RUN python -c "from noisecraft.nets.winograd import library; assert library() is not None"
 EXPOSE 8080
 # --host 0.0.0.0 so that the published port reaches the server: outside Vertex AI that needs an API key
 # (NOISECRAFT_API_KEY), inside it AIP_HTTP_PORT takes over.

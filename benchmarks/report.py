@@ -256,11 +256,17 @@ def speed_section() -> list[str]:
            "",
            f"Machine ceiling (GFLOP/s): fp32 convolution {ceil['fp32']['conv_gflops']:.0f}, matmul "
            f"{ceil['fp32']['matmul_gflops']:.0f}; bf16 convolution {ceil['bf16']['conv_gflops']:.0f}, matmul "
-           f"{ceil['bf16']['matmul_gflops']:.0f} (AMX). Shares below are of the higher figure of the same precision.", "",
+           f"{ceil['bf16']['matmul_gflops']:.0f}. Shares below are of the higher figure of the same precision, for the "
+           "direct convolution's FLOPs: `noisecraft` runs its 3x3 convolutions by Winograd's F(4x4, 3x3) "
+           "(noisecraft/nets/winograd.py), 4x fewer multiplications, so its share can pass 100%; "
+           "`noisecraft-direct` is the same network on PyTorch's direct convolutions.", "",
            "| configuration | forward b1 (img/s) | forward b16 | forward b64 | train b32 | sample 64 x 20 steps "
            "| sample 1 x 20 | b16 GFLOP/s (share of ceiling) | peak MB forward b64 / train b32 (median of 5 processes) |",
            "|---|---|---|---|---|---|---|---|---|"]
-    for name in ("diffusers", "diffusers-channels_last", "noisecraft", "diffusers-bf16", "noisecraft-bf16"):
+    for name in ("diffusers", "diffusers-channels_last", "noisecraft-direct", "noisecraft", "diffusers-bf16",
+                 "noisecraft-bf16"):
+        if name not in res:
+            continue
         m = res[name]
         out.append(f"| {name} | {m['forward_b1']:.1f} | {m['forward_b16']:.1f} | {m['forward_b64']:.1f} | {m['train_b32']:.1f} "
                    f"| {m['sample_64x20']:.2f} | {m['sample_1x20']:.2f} | {m['gflops_forward_b16']:.0f} ({m['ceiling_share_forward_b16']:.0%}) "
@@ -269,10 +275,11 @@ def speed_section() -> list[str]:
         out += ["", "Peak memory ranges over the 5 processes (MB): " + "; ".join(
             f"{name} forward {res[name]['peak_memory_mb_forward_range'][0]:.0f}-{res[name]['peak_memory_mb_forward_range'][1]:.0f}, "
             f"train {res[name]['peak_memory_mb_train_range'][0]:.0f}-{res[name]['peak_memory_mb_train_range'][1]:.0f}"
-            for name in ("noisecraft", "diffusers")) + "."]
+            for name in ("noisecraft", "noisecraft-direct", "diffusers") if name in res) + "."]
     c = res["noisecraft-compile"]
-    out += ["", f"`--compile` (torch.compile, fp32): forward b16 {c['forward_b16']:.1f} img/s after a "
-            f"{c['compile_seconds']:.0f} s first call ({r['ratios']['noisecraft-compile/noisecraft forward_b16']:.2f}x eager).", "",
+    out += ["", f"`--compile` (torch.compile, fp32; compiled graphs use the direct convolutions): forward b16 "
+            f"{c['forward_b16']:.1f} img/s after a {c['compile_seconds']:.0f} s first call "
+            f"({r['ratios']['noisecraft-compile/noisecraft forward_b16']:.2f}x eager).", "",
             "Throughput ratios at matched FLOPs (images/s x GFLOP/image):", "",
             "| ratio | forward b1 | forward b16 | forward b64 | train b32 | sample 64 x 20 | sample 1 x 20 |",
             "|---|---|---|---|---|---|---|"]

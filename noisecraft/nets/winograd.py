@@ -145,9 +145,10 @@ def convolve(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None) -> tor
     fused per block of tiles."""
     n, c, h, w = x.shape
     if not (x.is_contiguous(memory_format=torch.channels_last) and u.is_contiguous() and u.shape[:2] == (36, c)
-            and x.dtype == u.dtype == torch.float32 and u.shape[2] % CHANNEL_MULTIPLE == 0):
-        raise ValueError(f"convolve() takes a channels_last fp32 (N, C, H, W) and a (36, C, O) U, O a multiple of "
-                         f"{CHANNEL_MULTIPLE}: got {tuple(x.shape)} {x.dtype} and {tuple(u.shape)}")
+            and x.dtype == u.dtype == torch.float32 and u.shape[2] % CHANNEL_MULTIPLE == 0
+            and u.data_ptr() % 64 == 0):       # the kernel loads U in whole, aligned vectors
+        raise ValueError(f"convolve() takes a channels_last fp32 (N, C, H, W) and a 64-byte aligned (36, C, O) U, "
+                         f"O a multiple of {CHANNEL_MULTIPLE}: got {tuple(x.shape)} {x.dtype} and {tuple(u.shape)}")
     y = torch.empty(n, u.shape[2], h, w, memory_format=torch.channels_last)
     library().winograd_conv(x.data_ptr(), u.data_ptr(), None if bias is None else bias.data_ptr(), y.data_ptr(),
                             n, h, w, c, u.shape[2])
