@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from noisecraft.errors import NoisecraftError
+from noisecraft.nets import winograd
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -49,6 +50,7 @@ def speed_up(model: nn.Module, precision: str = "fp32", compile: bool = False) -
     second shape is seen."""
     model.precision = check_precision(precision)
     if compile:
+        winograd.library()          # built before tracing: the traced graph calls its kernels as operators
         model.compile(dynamic=False)
     return model
 

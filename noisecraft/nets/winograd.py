@@ -188,6 +188,44 @@ class Winograd3x3(torch.autograd.Function):
         return dx, dw, db, None
 
 
+# -- inside torch.compile: the same kernels as opaque operators, so that a compiled graph keeps them ----------------
+@torch.library.custom_op("noisecraft::winograd_conv3x3", mutates_args=())
+def conv3x3_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return convolve(channels_last(x), filter_transform(weight), None if bias is None else bias.contiguous())
+
+
+@conv3x3_op.register_fake
+def _(x, weight, bias):
+    return torch.empty(x.shape[0], weight.shape[0], *x.shape[2:], dtype=x.dtype, device=x.device,
+                       memory_format=torch.channels_last)
+
+
+@torch.library.custom_op("noisecraft::winograd_conv3x3_weight_grad", mutates_args=())
+def weight_grad_op(x: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
+    return filter_adjoint(filter_grad(channels_last(x), channels_last(dy)))
+
+
+@weight_grad_op.register_fake
+def _(x, dy):
+    return torch.empty(dy.shape[1], x.shape[1], 3, 3, dtype=x.dtype, device=x.device)
+
+
+def _op_setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0], inputs[1])
+    ctx.has_bias = inputs[2] is not None
+
+
+def _op_backward(ctx, dy):
+    x, weight = ctx.saved_tensors
+    dx = conv3x3_op(dy, weight.flip(2, 3).transpose(0, 1), None) if ctx.needs_input_grad[0] else None
+    dw = weight_grad_op(x, dy) if ctx.needs_input_grad[1] else None
+    db = dy.sum((0, 2, 3)) if ctx.has_bias and ctx.needs_input_grad[2] else None
+    return dx, dw, db
+
+
+conv3x3_op.register_autograd(_op_backward, setup_context=_op_setup)
+
+
 def applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
     """Whether the fast path runs this call (see the module's docstring)."""
     c_out, c_in = conv.weight.shape[:2]
@@ -195,8 +233,8 @@ def applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
             and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
             and c_in % CHANNEL_MULTIPLE == 0 and c_out % CHANNEL_MULTIPLE == 0
             and tiles(x.shape[0], x.shape[2], x.shape[3]) >= MIN_TILES
-            and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()
-            and library() is not None)
+            and not torch.is_autocast_enabled("cpu")
+            and (_state["lib"] is not None if torch.compiler.is_compiling() else library() is not None))
 
 
 class Conv3x3(nn.Conv2d):
@@ -225,6 +263,8 @@ class Conv3x3(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not applies(self, x):
             return F.conv2d(x, self.weight, self.bias, padding=1)
+        if torch.compiler.is_compiling():     # traced: the operator (the filters transformed inside)
+            return conv3x3_op(x, self.weight, self.bias)
         u = self.transformed(tiles(x.shape[0], x.shape[2], x.shape[3]))
         if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
             return Winograd3x3.apply(x, self.weight, self.bias, u)

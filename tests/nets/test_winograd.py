@@ -206,3 +206,18 @@ def test_a_build_is_atomic_and_cached_per_machine(tmp_path):
     wg.build(target)
     assert target.exists() and [p.name for p in target.parent.iterdir()] == [target.name]
     assert len(wg.machine_key()) == 16 and wg.machine_key() == wg.machine_key()
+
+
+def test_the_operators_that_torch_compile_sees_are_well_formed_and_exact():
+    x = _nhwc(2, 16, 9, 9).requires_grad_()
+    conv = _conv(16, 32)
+    for op, args in ((wg.conv3x3_op, (x, conv.weight, conv.bias)),
+                     (wg.weight_grad_op, (x.detach(), torch.randn(2, 32, 9, 9)))):
+        assert set(torch.library.opcheck(op, args).values()) == {"SUCCESS"}   # schema, fake tensors, autograd
+    y = wg.conv3x3_op(x, conv.weight, conv.bias)
+    dy = torch.randn_like(y)
+    grads = torch.autograd.grad(y, (x, conv.weight, conv.bias), dy)
+    ref_y, ref_grads = _reference(conv, x, dy)
+    assert _rel(y, ref_y) < PER_LAYER
+    for g, r in zip(grads, ref_grads):
+        assert _rel(g, r) < PER_LAYER
