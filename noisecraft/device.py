@@ -46,8 +46,8 @@ def speed_up(model: nn.Module, precision: str = "fp32", compile: bool = False) -
     """Set how a diffusion model (a DiffusionModel, or a diffusers folder's DiffusersUNet) runs, in place: its
     precision (the output stays fp32) and, with `compile`, torch.compile of its forward (fused kernels after
     a slow first call per input shape; the weights and state_dict keys are unchanged, so checkpoints and EMA
-    do not notice). Shapes are static: inductor's dynamic-shape lowering of convolutions fails here once a
-    second shape is seen."""
+    do not notice; the Winograd 3x3 convolutions stay in the graph as custom operators). Shapes are static:
+    inductor's dynamic-shape lowering of convolutions fails here once a second shape is seen."""
     model.precision = check_precision(precision)
     if compile:
         winograd.library()          # built before tracing: the traced graph calls its kernels as operators
