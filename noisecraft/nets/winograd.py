@@ -159,6 +159,11 @@ def filter_grad(x: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
     """dU (36, C, O) = sum over tiles of V[a]^T (A dY A^T)[a]: the gradient of U, from the layer's input and
     output gradient (both channels_last), fused per block of tiles like convolve()."""
     n, c, h, w = x.shape
+    if not (x.is_contiguous(memory_format=torch.channels_last) and dy.is_contiguous(memory_format=torch.channels_last)
+            and x.dtype == dy.dtype == torch.float32 and c % CHANNEL_MULTIPLE == 0
+            and dy.shape[1] % CHANNEL_MULTIPLE == 0 and dy.shape[::2] == x.shape[::2] and dy.shape[3] == w):
+        raise ValueError(f"filter_grad() takes channels_last fp32 x and dY of one image size, channels multiples of "
+                         f"{CHANNEL_MULTIPLE}: got {tuple(x.shape)} and {tuple(dy.shape)}")
     du = torch.empty(36, c, dy.shape[1])
     library().winograd_filter_grad(x.data_ptr(), dy.data_ptr(), du.data_ptr(), n, h, w, c, dy.shape[1])
     return du

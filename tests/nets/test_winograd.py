@@ -148,12 +148,14 @@ def test_other_calls_take_the_ordinary_convolution(case, monkeypatch):
     assert y.shape == (x_shape[0], 32, *x_shape[2:])
 
 
-def test_convolve_refuses_buffers_it_would_misread():
+def test_the_kernels_refuse_buffers_they_would_misread():
     u = wg.filter_transform(torch.randn(32, 16, 3, 3))
     with pytest.raises(ValueError, match="channels_last fp32"):
         wg.convolve(torch.randn(2, 16, 8, 8), u, None)              # NCHW
     with pytest.raises(ValueError, match="channels_last fp32"):
         wg.convolve(_nhwc(2, 8, 8, 8), u, None)                     # U for other input channels
+    with pytest.raises(ValueError, match="channels_last fp32"):
+        wg.filter_grad(_nhwc(2, 16, 8, 8), _nhwc(2, 24, 8, 8))        # 24 channels: not whole vectors
 
 
 def test_the_unet_agrees_with_the_direct_convolutions_forward_and_backward():
