@@ -231,12 +231,23 @@ static void accumulate(const float *v, const float *e, float *u, long C, long O)
 
 int winograd_vector_width(void) { return VL; }
 
-/* The threads' working buffers, allocated by the calling thread: a buffer malloc'd inside an OpenMP thread
- * comes from that thread's own malloc arena, which keeps its freed memory (about 40 MB more peak resident
- * memory in a batch-64 forward). Every per-thread size is a multiple of 16 floats, so each part stays
- * 64-byte aligned. */
+/* The threads' working buffers: one block per calling thread, grown when a call needs more and otherwise
+ * kept. Allocated by the calling thread because a buffer malloc'd inside an OpenMP thread comes from that
+ * thread's own malloc arena, which keeps freed memory (about 40 MB more peak resident memory in a batch-64
+ * forward); kept because allocating and freeing some MB per call moved glibc's mmap threshold and cost
+ * about 70 MB more peak in a training step. Every per-thread size is a multiple of 16 floats, so each
+ * part stays 64-byte aligned. */
+static __thread float *scratch = NULL;
+static __thread long scratch_floats = 0;
+
 static float *scratch_for(long floats_per_thread) {
-    return aligned_alloc(64, sizeof(float) * floats_per_thread * omp_get_max_threads());
+    long need = floats_per_thread * omp_get_max_threads();
+    if (need > scratch_floats) {
+        free(scratch);
+        scratch = aligned_alloc(64, sizeof(float) * need);
+        scratch_floats = need;
+    }
+    return scratch;
 }
 
 /* y (N x H x W x O) = the convolution of x (N x H x W x C) with the filters whose transform is U (36 x C x O),
@@ -246,10 +257,10 @@ void winograd_conv(const float *x, const float *U, const float *bias, float *y, 
     grid g = grid_of(N, H, W);
     long blocks = (g.P + TB - 1) / TB;
     long per_thread = 36 * TB * (C + O);                  /* floats: V and M of one block */
-    float *scratch = scratch_for(per_thread);
+    float *buffers = scratch_for(per_thread);
 #pragma omp parallel
     {
-        float *V = scratch + omp_get_thread_num() * per_thread, *M = V + 36 * TB * C;
+        float *V = buffers + omp_get_thread_num() * per_thread, *M = V + 36 * TB * C;
 #pragma omp for schedule(static)
         for (long blk = 0; blk < blocks; blk++) {
             for (int tt = 0; tt < TB; tt++) input_tile(x, g, C, blk * TB + tt, V + tt * C, TB * C);
@@ -258,7 +269,6 @@ void winograd_conv(const float *x, const float *U, const float *bias, float *y, 
                 output_tile(M + tt * O, TB * O, bias, y, g, O, blk * TB + tt);
         }
     }
-    free(scratch);
 }
 
 /* dU (36 x C x O) = sum over tiles of V[a]^T (A e A^T)[a], V[a] = (B^T d B)[a]: the gradient of U for the
@@ -269,10 +279,10 @@ void winograd_filter_grad(const float *x, const float *e, float *dU, long N, lon
     long blocks = (g.P + TB - 1) / TB;
     memset(dU, 0, sizeof(float) * 36 * C * O);
     long per_thread = 36 * (TB * (C + O) + C * O);        /* floats: V and E of one block, the thread's dU */
-    float *scratch = scratch_for(per_thread);
+    float *buffers = scratch_for(per_thread);
 #pragma omp parallel
     {
-        float *V = scratch + omp_get_thread_num() * per_thread, *E = V + 36 * TB * C, *sum = E + 36 * TB * O;
+        float *V = buffers + omp_get_thread_num() * per_thread, *E = V + 36 * TB * C, *sum = E + 36 * TB * O;
         memset(sum, 0, sizeof(float) * 36 * C * O);
 #pragma omp for schedule(static)
         for (long blk = 0; blk < blocks; blk++) {
@@ -285,7 +295,6 @@ void winograd_filter_grad(const float *x, const float *e, float *dU, long N, lon
 #pragma omp critical
         for (long i = 0; i < 36 * C * O; i++) dU[i] += sum[i];
     }
-    free(scratch);
 }
 
 /* U[a][c][o] = (G g G^T)[a] for the filters g = w[o][c] (w: O x C x 3 x 3), VL filters (consecutive o) at a
