@@ -277,7 +277,8 @@ def speed_section() -> list[str]:
             f"train {res[name]['peak_memory_mb_train_range'][0]:.0f}-{res[name]['peak_memory_mb_train_range'][1]:.0f}"
             for name in ("noisecraft", "noisecraft-direct", "diffusers") if name in res) + "."]
     c = res["noisecraft-compile"]
-    out += ["", f"`--compile` (torch.compile, fp32; compiled graphs use the direct convolutions): forward b16 "
+    out += ["", f"`--compile` (torch.compile, fp32; compiled graphs keep the Winograd kernels as custom operators): "
+            f"forward b16 "
             f"{c['forward_b16']:.1f} img/s after a {c['compile_seconds']:.0f} s first call "
             f"({r['ratios']['noisecraft-compile/noisecraft forward_b16']:.2f}x eager).", "",
             "Throughput ratios at matched FLOPs (images/s x GFLOP/image):", "",
