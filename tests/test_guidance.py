@@ -32,7 +32,8 @@ def test_guided_output_is_uncond_plus_scale_times_difference_in_one_call(class_m
         cond = class_model(x, t, class_labels=labels)
         uncond = class_model(x, t, class_labels=torch.full_like(labels, 10))
     assert calls == [4]                                           # one batched pass for both
-    torch.testing.assert_close(out, uncond + 4.0 * (cond - uncond), rtol=1e-4, atol=1e-5)
+    # 1e-4: batches of 4 and 2 may run different convolution algorithms (see the negative-prompt test below)
+    torch.testing.assert_close(out, uncond + 4.0 * (cond - uncond), rtol=1e-4, atol=1e-4)
 
 
 def test_sample_with_guidance_differs_from_without(class_model):
@@ -119,4 +120,6 @@ def test_negative_condition_replaces_the_unconditional_branch(fashion_model):
     with torch.no_grad():
         out = guided(fashion_model, cond, 2.5, neg)(x, t)
         c, n = fashion_model(x, t, **cond), fashion_model(x, t, **neg)
-    torch.testing.assert_close(out, n + 2.5 * (c - n), rtol=1e-4, atol=1e-5)
+    # 1e-4: the guided batch of 4 and the separate batches of 2 may run different convolution algorithms
+    # (the Winograd kernels take calls of 16 tiles or more), which agree to fp32 rounding, about 1e-5.
+    torch.testing.assert_close(out, n + 2.5 * (c - n), rtol=1e-4, atol=1e-4)
