@@ -229,8 +229,6 @@ static void accumulate(const float *v, const float *e, float *u, long C, long O)
     }
 }
 
-int winograd_vector_width(void) { return VL; }
-
 /* The threads' working buffers: one block per calling thread, grown when a call needs more and otherwise
  * kept. Allocated by the calling thread because a buffer malloc'd inside an OpenMP thread comes from that
  * thread's own malloc arena, which keeps freed memory (about 40 MB more peak resident memory in a batch-64

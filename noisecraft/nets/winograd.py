@@ -92,7 +92,11 @@ def load() -> ctypes.CDLL | None:
     try:
         if not target.exists():
             build(target)
-        lib = ctypes.CDLL(str(target))
+        try:
+            lib = ctypes.CDLL(str(target))
+        except OSError:                      # a damaged cached library: build it again, once
+            build(target)
+            lib = ctypes.CDLL(str(target))
     except (OSError, subprocess.SubprocessError) as e:
         stderr = (getattr(e, "stderr", None) or b"").decode(errors="replace").strip().splitlines()
         reason = stderr[-1] if stderr else e

@@ -203,6 +203,17 @@ def test_a_machine_without_a_compiler_warns_once_and_falls_back(tmp_path, monkey
     assert not list((tmp_path / "noisecraft").glob("*"))          # no half-written library left behind
 
 
+def test_a_damaged_cached_library_is_built_again(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setitem(wg._state, "tried", False)
+    monkeypatch.setitem(wg._state, "lib", None)
+    target = tmp_path / "noisecraft" / f"winograd-{wg.machine_key()}.so"
+    target.parent.mkdir(parents=True)
+    target.write_bytes(b"half a library")
+    assert wg.library() is not None
+    assert target.read_bytes()[:4] == b"\x7fELF"
+
+
 def test_a_build_is_atomic_and_cached_per_machine(tmp_path):
     target = tmp_path / "noisecraft" / f"winograd-{wg.machine_key()}.so"
     wg.build(target)

@@ -1,0 +1,3 @@
+from noisecraft.cli import main
+
+main()

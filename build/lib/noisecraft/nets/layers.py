@@ -1,0 +1,129 @@
+"""Building blocks of the UNet: time embedding, residual block, attention, resampling."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from noisecraft.nets.winograd import Conv3x3
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of (fractional) timesteps, Vaswani et al. (2017) §3.5 as used by
+    DDPM: [cos(t w_i), sin(t w_i)] with w_i = max_period^(-i / (dim/2)). (B,) -> (B, dim)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = t.float()[:, None] * freqs[None]                              # (B, half)
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=1)
+    return F.pad(emb, (0, 1)) if dim % 2 else emb
+
+
+def norm(channels: int, groups: int) -> nn.GroupNorm:
+    return nn.GroupNorm(math.gcd(groups, channels), channels, eps=1e-6)
+
+
+def zero(module: nn.Module) -> nn.Module:
+    """Zero-initialised output layers make each residual branch start as the identity
+    (Goyal et al. 2017; used by improved-diffusion and EDM)."""
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+class ResBlock(nn.Module):
+    """GroupNorm-SiLU-conv twice with the embedding injected as scale and shift of the second
+    norm (adaptive GroupNorm, Dhariwal & Nichol 2021 §3)."""
+
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, groups: int, dropout: float):
+        super().__init__()
+        self.norm1 = norm(in_ch, groups)
+        self.conv1 = Conv3x3(in_ch, out_ch)
+        self.emb = nn.Linear(emb_dim, 2 * out_ch)
+        self.norm2 = norm(out_ch, groups)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = zero(Conv3x3(out_ch, out_ch))
+        self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))                               # (B, out, H, W)
+        scale, shift = self.emb(F.silu(emb))[:, :, None, None].chunk(2, dim=1)
+        h = self.norm2(h) * (1 + scale) + shift
+        h = self.conv2(self.dropout(F.silu(h)))
+        return self.skip(x) + h
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v over (B, heads, N, d) queries and (B, heads, L, d) keys and values
+    (Vaswani et al. 2017, eq. 1); `mask` (B, 1, 1, L) is True where a key may be attended to.
+
+    The fused kernel is the fastest in fp32 and at inference. When training in bf16 on the CPU, its
+    backward pass is 2-4x slower than the explicit product at these sizes (N x L up to 256 x 256:
+    measured in benchmarks/speed.py), so then the softmax is written out; autocast keeps it in fp32."""
+    explicit = (q.device.type == "cpu" and q.dtype == torch.bfloat16 and torch.is_grad_enabled()
+                and q.requires_grad and q.shape[-2] * k.shape[-2] <= 256 * 256)
+    if not explicit:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5                  # (B, heads, N, L)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return scores.softmax(dim=-1).to(v.dtype) @ v
+
+
+class AttentionBlock(nn.Module):
+    """Multi-head self-attention over pixels, plus cross-attention to a context sequence
+    (text token states) when `context_dim` is set (Rombach et al. 2022, §3.3); with
+    self_attention=False only the cross-attention (cheap at high resolutions: L keys, not HW)."""
+
+    def __init__(self, channels: int, groups: int, head_dim: int, context_dim: int = 0, self_attention: bool = True):
+        super().__init__()
+        self.heads = max(1, channels // head_dim)
+        self.self_attention = self_attention
+        if self_attention:
+            self.norm = norm(channels, groups)
+            self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+            self.proj = zero(nn.Conv2d(channels, channels, 1))
+        self.cross = None
+        if context_dim:
+            self.cross_norm = norm(channels, groups)
+            self.cross_q = nn.Linear(channels, channels)
+            self.cross_kv = nn.Linear(context_dim, 2 * channels)
+            self.cross = zero(nn.Linear(channels, channels))
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        return x.reshape(b, n, self.heads, c // self.heads).transpose(1, 2)   # (B, heads, N, d)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
+                context_mask: torch.Tensor | None = None) -> torch.Tensor:
+        b, c, h, w = x.shape
+        if self.self_attention:
+            q, k, v = self.qkv(self.norm(x)).flatten(2).transpose(1, 2).chunk(3, dim=2)  # 3 x (B, HW, C)
+            out = attention(self._heads(q), self._heads(k), self._heads(v))
+            x = x + self.proj(out.transpose(1, 2).reshape(b, h * w, c).transpose(1, 2).reshape(b, c, h, w))
+        if self.cross is None or context is None:
+            return x
+        q = self.cross_q(self.cross_norm(x).flatten(2).transpose(1, 2))        # (B, HW, C)
+        k, v = self.cross_kv(context).chunk(2, dim=2)                          # (B, L, C) each
+        mask = None if context_mask is None else context_mask[:, None, None, :].bool()
+        out = attention(self._heads(q), self._heads(k), self._heads(v), mask)
+        return x + self.cross(out.transpose(1, 2).reshape(b, h * w, c)).transpose(1, 2).reshape(b, c, h, w)
+
+
+class Downsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = Conv3x3(channels, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))

@@ -1,0 +1,358 @@
+/* The tile transforms of Winograd's minimal filtering F(4x4, 3x3) (Lavin & Gray 2016, "Fast Algorithms
+ * for Convolutional Neural Networks", section 4): a 3x3 convolution of a 6x6 input tile d with the filter g
+ * gives the 4x4 output tile
+ *
+ *     Y = A^T [ (G g G^T) (.) (B^T d B) ] A
+ *
+ * with (.) the elementwise product. Summed over input channels, the products become 36 matrix products,
+ * one per tile position a: M[a] (tiles x O) = V[a] (tiles x C) @ U[a] (C x O). winograd_conv does all the
+ * steps for a block of tiles at a time, so that V and M stay in the core's cache. Activations are
+ * channels_last (N, H, W, C): the innermost loops run over channels, contiguous in memory, and are
+ * vectorised. Tile p = (n, th, tw), row-major, covers output rows 4th..4th+3 and columns 4tw..4tw+3; its
+ * input tile starts one row and column earlier. Pixels outside the image read as zeros (the convolution's
+ * padding of 1) and are not written.
+ *
+ *   B^T = | 4  0 -5  0  1  0 |     G = |  1/4     0     0 |     A^T = | 1  1  1  1  1  0 |
+ *         | 0 -4 -4  1  1  0 |         | -1/6  -1/6  -1/6 |           | 0  1 -1  2 -2  0 |
+ *         | 0  4 -4 -1  1  0 |         | -1/6   1/6  -1/6 |           | 0  1  1  4  4  0 |
+ *         | 0 -2 -1  2  1  0 |         | 1/24  1/12   1/6 |           | 0  1 -1  8 -8  1 |
+ *         | 0  2 -1 -2  1  0 |         | 1/24 -1/12   1/6 |
+ *         | 0  4  0 -5  0  1 |         |    0     0     1 |
+ *
+ * Called from noisecraft/nets/winograd.py through ctypes; the pointers are to contiguous float32 buffers.
+ */
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define CB 64 /* channels per step of a tile transform: its 6x6xCB buffers stay in the L1 cache */
+#if defined(__AVX512F__)
+#define VL 16    /* floats per vector register */
+#else
+#define VL 8
+#endif
+typedef float vf __attribute__((vector_size(VL * 4)));
+#define RB 6         /* rows of a product kept in registers, by two vectors of columns */
+#define TB (4 * RB)  /* tiles per block: what one thread transforms and multiplies while it is in cache */
+
+static inline long min_l(long a, long b) { return a < b ? a : b; }
+
+/* r = B^T d along one axis, for CB-wide channel vectors d[0..5] (stride s between them). */
+static inline void bt6(const float *d, long s, float *r, long rs, int cb) {
+#pragma omp simd
+    for (int c = 0; c < cb; c++) {
+        float d0 = d[c], d1 = d[s + c], d2 = d[2 * s + c], d3 = d[3 * s + c], d4 = d[4 * s + c], d5 = d[5 * s + c];
+        r[c] = 4.0f * d0 - 5.0f * d2 + d4;
+        r[rs + c] = -4.0f * (d1 + d2) + d3 + d4;
+        r[2 * rs + c] = 4.0f * (d1 - d2) - d3 + d4;
+        r[3 * rs + c] = 2.0f * (d3 - d1) - d2 + d4;
+        r[4 * rs + c] = 2.0f * (d1 - d3) - d2 + d4;
+        r[5 * rs + c] = 4.0f * d1 - 5.0f * d3 + d5;
+    }
+}
+
+/* r = A^T m along one axis: six vectors in, four out. */
+static inline void at6(const float *m, long s, float *r, long rs, int cb) {
+#pragma omp simd
+    for (int c = 0; c < cb; c++) {
+        float m0 = m[c], m1 = m[s + c], m2 = m[2 * s + c], m3 = m[3 * s + c], m4 = m[4 * s + c], m5 = m[5 * s + c];
+        float a = m1 + m2, b = m1 - m2, e = m3 + m4, f = m3 - m4;
+        r[c] = m0 + a + e;
+        r[rs + c] = b + 2.0f * f;
+        r[2 * rs + c] = a + 4.0f * e;
+        r[3 * rs + c] = b + 8.0f * f + m5;
+    }
+}
+
+/* r = A g along one axis (the adjoint of at6): four vectors in, six out. */
+static inline void a4(const float *g, long s, float *r, long rs, int cb) {
+#pragma omp simd
+    for (int c = 0; c < cb; c++) {
+        float g0 = g[c], g1 = g[s + c], g2 = g[2 * s + c], g3 = g[3 * s + c];
+        float e = g0 + g2, o = g1 + g3, e4 = g0 + 4.0f * g2, o8 = 2.0f * g1 + 8.0f * g3;
+        r[c] = g0;
+        r[rs + c] = e + o;
+        r[2 * rs + c] = e - o;
+        r[3 * rs + c] = e4 + o8;
+        r[4 * rs + c] = e4 - o8;
+        r[5 * rs + c] = g3;
+    }
+}
+
+/* Tile p = (n, th, tw) of an N x H x W image grid of nH x nW tiles. */
+typedef struct {
+    long N, H, W, nH, nW, P;
+} grid;
+
+static grid grid_of(long N, long H, long W) {
+    grid g = {N, H, W, (H + 3) / 4, (W + 3) / 4, 0};
+    g.P = N * g.nH * g.nW;
+    return g;
+}
+
+/* dst[a * plane + c] = (B^T d B)[a] for the 6x6 input tile d of tile p (zeros for p >= P: a padding tile). */
+static void input_tile(const float *x, grid g, long C, long p, float *dst, long plane) {
+    float d[36 * CB], t[36 * CB], v[36 * CB];
+    long n = p / (g.nH * g.nW), th = p / g.nW % g.nH, tw = p % g.nW;
+    for (long c0 = 0; c0 < C; c0 += CB) {
+        int cb = (int)min_l(CB, C - c0);
+        for (int i = 0; i < 6; i++) {
+            long yy = 4 * th - 1 + i;
+            for (int j = 0; j < 6; j++) {
+                long xx = 4 * tw - 1 + j;
+                float *row = d + (i * 6 + j) * CB;
+                if (p >= g.P || yy < 0 || yy >= g.H || xx < 0 || xx >= g.W)
+                    memset(row, 0, sizeof(float) * cb);
+                else
+                    memcpy(row, x + ((n * g.H + yy) * g.W + xx) * C + c0, sizeof(float) * cb);
+            }
+        }
+        for (int j = 0; j < 6; j++) bt6(d + j * CB, 6 * CB, t + j * CB, 6 * CB, cb);     /* columns */
+        for (int i = 0; i < 6; i++) bt6(t + i * 6 * CB, CB, v + i * 6 * CB, CB, cb);     /* rows */
+        for (int a = 0; a < 36; a++) memcpy(dst + a * plane + c0, v + a * CB, sizeof(float) * cb);
+    }
+}
+
+/* y[tile p] = A^T m A (+ bias), cropped to the image, for m[a] = src[a * plane + o]. */
+static void output_tile(const float *src, long plane, const float *bias, float *y, grid g, long O, long p) {
+    float t[24 * CB], r[16 * CB];
+    long n = p / (g.nH * g.nW), th = p / g.nW % g.nH, tw = p % g.nW;
+    for (long c0 = 0; c0 < O; c0 += CB) {
+        int cb = (int)min_l(CB, O - c0);
+        const float *m = src + c0;                                                      /* m[a]: a = i*6+j */
+        for (int j = 0; j < 6; j++) at6(m + j * plane, 6 * plane, t + j * CB, 6 * CB, cb);  /* 4 x 6 */
+        for (int i = 0; i < 4; i++) at6(t + i * 6 * CB, CB, r + i * 4 * CB, CB, cb);        /* 4 x 4 */
+        for (int i = 0; i < 4 && 4 * th + i < g.H; i++)
+            for (int j = 0; j < 4 && 4 * tw + j < g.W; j++) {
+                float *out = y + ((n * g.H + 4 * th + i) * g.W + 4 * tw + j) * O + c0;
+                const float *res = r + (i * 4 + j) * CB;
+                if (bias) {
+#pragma omp simd
+                    for (int c = 0; c < cb; c++) out[c] = res[c] + bias[c0 + c];
+                } else {
+                    memcpy(out, res, sizeof(float) * cb);
+                }
+            }
+    }
+}
+
+/* dst[a * plane + o] = (A e A^T)[a] for the 4x4 tile e of the output gradient at tile p (zeros outside the
+ * image): the adjoint of output_tile. */
+static void adjoint_tile(const float *e, grid g, long O, long p, float *dst, long plane) {
+    float et[16 * CB], t[24 * CB], v[36 * CB];
+    long n = p / (g.nH * g.nW), th = p / g.nW % g.nH, tw = p % g.nW;
+    for (long c0 = 0; c0 < O; c0 += CB) {
+        int cb = (int)min_l(CB, O - c0);
+        for (int i = 0; i < 4; i++) {
+            long yy = 4 * th + i;
+            for (int j = 0; j < 4; j++) {
+                long xx = 4 * tw + j;
+                float *row = et + (i * 4 + j) * CB;
+                if (p >= g.P || yy >= g.H || xx >= g.W)
+                    memset(row, 0, sizeof(float) * cb);
+                else
+                    memcpy(row, e + ((n * g.H + yy) * g.W + xx) * O + c0, sizeof(float) * cb);
+            }
+        }
+        for (int j = 0; j < 4; j++) a4(et + j * CB, 4 * CB, t + j * CB, 4 * CB, cb);     /* 6 x 4 */
+        for (int i = 0; i < 6; i++) a4(t + i * 4 * CB, CB, v + i * 6 * CB, CB, cb);      /* 6 x 6 */
+        for (int a = 0; a < 36; a++) memcpy(dst + a * plane + c0, v + a * CB, sizeof(float) * cb);
+    }
+}
+
+/* m (TB x O) = v (TB x C) @ u (C x O), O a multiple of VL: RB rows by two vectors of columns in registers
+ * through the whole sum over C. */
+static void product(const float *v, const float *u, float *m, long C, long O) {
+    for (int r0 = 0; r0 < TB; r0 += RB) {
+        const float *vr = v + r0 * C;
+        for (long o0 = 0; o0 < O; o0 += 2 * VL) {
+            vf acc[RB][2];
+            for (int r = 0; r < RB; r++) acc[r][0] = acc[r][1] = (vf){0};
+            if (o0 + VL < O) {
+                for (long k = 0; k < C; k++) {
+                    vf u0 = *(const vf *)(u + k * O + o0), u1 = *(const vf *)(u + k * O + o0 + VL);
+                    for (int r = 0; r < RB; r++) {
+                        float s = vr[r * C + k];
+                        acc[r][0] += s * u0;
+                        acc[r][1] += s * u1;
+                    }
+                }
+                for (int r = 0; r < RB; r++) {
+                    *(vf *)(m + (r0 + r) * O + o0) = acc[r][0];
+                    *(vf *)(m + (r0 + r) * O + o0 + VL) = acc[r][1];
+                }
+            } else {                                     /* the last single vector of an odd count */
+                for (long k = 0; k < C; k++) {
+                    vf u0 = *(const vf *)(u + k * O + o0);
+                    for (int r = 0; r < RB; r++) acc[r][0] += vr[r * C + k] * u0;
+                }
+                for (int r = 0; r < RB; r++) *(vf *)(m + (r0 + r) * O + o0) = acc[r][0];
+            }
+        }
+    }
+}
+
+/* u (C x O) += v^T e for v (TB x C) and e (TB x O), C a multiple of 4 and O of VL: 4 rows of u by two
+ * vectors of columns in registers through the sum over the block's tiles. */
+static void accumulate(const float *v, const float *e, float *u, long C, long O) {
+    for (long c0 = 0; c0 < C; c0 += 4) {
+        for (long o0 = 0; o0 < O; o0 += 2 * VL) {
+            float *ur = u + c0 * O + o0;
+            if (o0 + VL < O) {
+                vf acc[4][2];
+                for (int r = 0; r < 4; r++) {
+                    acc[r][0] = *(vf *)(ur + r * O);
+                    acc[r][1] = *(vf *)(ur + r * O + VL);
+                }
+                for (int t = 0; t < TB; t++) {
+                    vf e0 = *(const vf *)(e + t * O + o0), e1 = *(const vf *)(e + t * O + o0 + VL);
+                    for (int r = 0; r < 4; r++) {
+                        float s = v[t * C + c0 + r];
+                        acc[r][0] += s * e0;
+                        acc[r][1] += s * e1;
+                    }
+                }
+                for (int r = 0; r < 4; r++) {
+                    *(vf *)(ur + r * O) = acc[r][0];
+                    *(vf *)(ur + r * O + VL) = acc[r][1];
+                }
+            } else {
+                vf acc[4];
+                for (int r = 0; r < 4; r++) acc[r] = *(vf *)(ur + r * O);
+                for (int t = 0; t < TB; t++) {
+                    vf e0 = *(const vf *)(e + t * O + o0);
+                    for (int r = 0; r < 4; r++) acc[r] += v[t * C + c0 + r] * e0;
+                }
+                for (int r = 0; r < 4; r++) *(vf *)(ur + r * O) = acc[r];
+            }
+        }
+    }
+}
+
+/* The threads' working buffers: one block per calling thread, grown when a call needs more and otherwise
+ * kept. Allocated by the calling thread because a buffer malloc'd inside an OpenMP thread comes from that
+ * thread's own malloc arena, which keeps freed memory (about 40 MB more peak resident memory in a batch-64
+ * forward); kept because allocating and freeing some MB per call moved glibc's mmap threshold and cost
+ * about 70 MB more peak in a training step. Every per-thread size is a multiple of 16 floats, so each
+ * part stays 64-byte aligned. */
+static __thread float *scratch = NULL;
+static __thread long scratch_floats = 0;
+
+static float *scratch_for(long floats_per_thread) {
+    long need = floats_per_thread * omp_get_max_threads();
+    if (need > scratch_floats) {
+        free(scratch);
+        scratch = aligned_alloc(64, sizeof(float) * need);
+        scratch_floats = need;
+    }
+    return scratch;
+}
+
+/* y (N x H x W x O) = the convolution of x (N x H x W x C) with the filters whose transform is U (36 x C x O),
+ * plus the bias (or none, for NULL); O a multiple of VL. */
+void winograd_conv(const float *x, const float *U, const float *bias, float *y, long N, long H, long W, long C,
+                   long O) {
+    grid g = grid_of(N, H, W);
+    long blocks = (g.P + TB - 1) / TB;
+    long per_thread = 36 * TB * (C + O);                  /* floats: V and M of one block */
+    float *buffers = scratch_for(per_thread);
+#pragma omp parallel
+    {
+        float *V = buffers + omp_get_thread_num() * per_thread, *M = V + 36 * TB * C;
+#pragma omp for schedule(static)
+        for (long blk = 0; blk < blocks; blk++) {
+            for (int tt = 0; tt < TB; tt++) input_tile(x, g, C, blk * TB + tt, V + tt * C, TB * C);
+            for (int a = 0; a < 36; a++) product(V + a * TB * C, U + a * C * O, M + a * TB * O, C, O);
+            for (int tt = 0; tt < TB && blk * TB + tt < g.P; tt++)
+                output_tile(M + tt * O, TB * O, bias, y, g, O, blk * TB + tt);
+        }
+    }
+}
+
+/* dU (36 x C x O) = sum over tiles of V[a]^T (A e A^T)[a], V[a] = (B^T d B)[a]: the gradient of U for the
+ * output gradient e (N x H x W x O) and the input x (N x H x W x C); C a multiple of 4, O of VL. Each thread
+ * sums its blocks of tiles into its own dU, and the threads' sums are added at the end. */
+void winograd_filter_grad(const float *x, const float *e, float *dU, long N, long H, long W, long C, long O) {
+    grid g = grid_of(N, H, W);
+    long blocks = (g.P + TB - 1) / TB;
+    memset(dU, 0, sizeof(float) * 36 * C * O);
+    long per_thread = 36 * (TB * (C + O) + C * O);        /* floats: V and E of one block, the thread's dU */
+    float *buffers = scratch_for(per_thread);
+#pragma omp parallel
+    {
+        float *V = buffers + omp_get_thread_num() * per_thread, *E = V + 36 * TB * C, *sum = E + 36 * TB * O;
+        memset(sum, 0, sizeof(float) * 36 * C * O);
+#pragma omp for schedule(static)
+        for (long blk = 0; blk < blocks; blk++) {
+            for (int tt = 0; tt < TB; tt++) {
+                input_tile(x, g, C, blk * TB + tt, V + tt * C, TB * C);
+                adjoint_tile(e, g, O, blk * TB + tt, E + tt * O, TB * O);
+            }
+            for (int a = 0; a < 36; a++) accumulate(V + a * TB * C, E + a * TB * O, sum + a * C * O, C, O);
+        }
+#pragma omp critical
+        for (long i = 0; i < 36 * C * O; i++) dU[i] += sum[i];
+    }
+}
+
+/* U[a][c][o] = (G g G^T)[a] for the filters g = w[o][c] (w: O x C x 3 x 3), VL filters (consecutive o) at a
+ * time so that the arithmetic runs across vector lanes and every store is a whole vector. */
+static const float Gm[6][3] = {{0.25f, 0, 0}, {-1.0f / 6, -1.0f / 6, -1.0f / 6}, {-1.0f / 6, 1.0f / 6, -1.0f / 6},
+                               {1.0f / 24, 1.0f / 12, 1.0f / 6}, {1.0f / 24, -1.0f / 12, 1.0f / 6}, {0, 0, 1}};
+
+void winograd_filter(const float *w, float *U, long C, long O) {
+#pragma omp parallel for schedule(static)
+    for (long c = 0; c < C; c++) {
+        for (long o0 = 0; o0 < O; o0 += VL) {
+            int lanes = (int)min_l(VL, O - o0);
+            float g[9][VL], t[6][3][VL];
+            for (int l = 0; l < lanes; l++)
+                for (int k = 0; k < 9; k++) g[k][l] = w[((o0 + l) * C + c) * 9 + k];
+            for (int a = 0; a < 6; a++)
+                for (int j = 0; j < 3; j++)
+#pragma omp simd
+                    for (int l = 0; l < VL; l++)
+                        t[a][j][l] = Gm[a][0] * g[j][l] + Gm[a][1] * g[3 + j][l] + Gm[a][2] * g[6 + j][l];
+            for (int a = 0; a < 6; a++)
+                for (int b = 0; b < 6; b++) {
+                    float *dst = U + ((a * 6 + b) * C + c) * O + o0;
+#pragma omp simd
+                    for (int l = 0; l < lanes; l++)
+                        dst[l] = t[a][0][l] * Gm[b][0] + t[a][1][l] * Gm[b][1] + t[a][2][l] * Gm[b][2];
+                }
+        }
+    }
+}
+
+/* dw[o][c] = G^T dU[.][c][o] G: the adjoint of winograd_filter, for the weight gradient. */
+void winograd_filter_adjoint(const float *dU, float *dw, long C, long O) {
+#pragma omp parallel for schedule(static)
+    for (long c = 0; c < C; c++) {
+        for (long o0 = 0; o0 < O; o0 += VL) {
+            int lanes = (int)min_l(VL, O - o0);
+            float u[36][VL], t[3][6][VL], g[9][VL];
+            for (int a = 0; a < 36; a++) {
+                memset(u[a], 0, sizeof u[a]);
+                memcpy(u[a], dU + (a * C + c) * O + o0, sizeof(float) * lanes);
+            }
+            for (int k = 0; k < 3; k++)
+                for (int b = 0; b < 6; b++)
+#pragma omp simd
+                    for (int l = 0; l < VL; l++) {
+                        float s = 0;
+                        for (int a = 0; a < 6; a++) s += Gm[a][k] * u[a * 6 + b][l];
+                        t[k][b][l] = s;
+                    }
+            for (int k = 0; k < 3; k++)
+                for (int j = 0; j < 3; j++)
+#pragma omp simd
+                    for (int l = 0; l < VL; l++) {
+                        float s = 0;
+                        for (int b = 0; b < 6; b++) s += t[k][b][l] * Gm[b][j];
+                        g[k * 3 + j][l] = s;
+                    }
+            for (int l = 0; l < lanes; l++)
+                for (int k = 0; k < 9; k++) dw[((o0 + l) * C + c) * 9 + k] = g[k][l];
+        }
+    }
+}

@@ -1,0 +1,258 @@
+"""3x3 convolutions by Winograd's minimal filtering F(4x4, 3x3) (Lavin & Gray 2016), for fp32 on the CPU:
+4x fewer multiplications than the direct convolution, which oneDNN already runs at 60-75% of the machine's
+peak (benchmarks/speed.py), so that no other lever makes fp32 much faster.
+
+Over 6x6 input tiles d (stride 4) and a 3x3 filter g, one 4x4 output tile is
+
+    Y = A^T [ U (.) V ] A,    U = G g G^T,    V = B^T d B,
+
+and summing over input channels turns the elementwise products into 36 matrix products, one per tile
+position a: M[a] = V[a] @ U[a], V[a] (tiles x C_in), U[a] (C_in x C_out). winograd.c does every step for
+a block of 24 tiles at a time, so that V and M never leave the core's cache (done as separate passes, the
+transforms were memory-bound and ate the gain). It is compiled on first use with the machine's C compiler
+(-march=native) into ~/.cache/noisecraft and called through ctypes. The gradients are the exact adjoints
+of the same steps: dX is the convolution of dY with the flipped, transposed filters (the same kernel),
+and dW = G^T dU G with dU[a] = sum over tiles of V[a]^T (A dY A^T)[a].
+
+The fast path runs where it measured faster than PyTorch's convolution: fp32 CPU tensors in channels_last
+(the UNet's layout), channel counts that are multiples of 16, and at least MIN_TILES tiles per call.
+Everything else -- bf16 autocast, GPUs, torch.compile, a machine without a C compiler -- takes the ordinary
+F.conv2d. The results agree with it to fp32 rounding: the transforms' constants (up to 8, and 1/24) cost
+a few more ulps than the direct sum, about 1e-5 relative per layer (tests/nets/test_winograd.py).
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import os
+import platform
+import subprocess
+import tempfile
+import threading
+import warnings
+import weakref
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SOURCE = Path(__file__).with_name("winograd.c")
+CFLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
+MIN_TILES = 16               # below this many 4x4 tiles per call, oneDNN's direct convolution was faster
+CACHE_BELOW_TILES = 256      # with fewer tiles, the filter transform costs over ~2% of a call: keep it
+CHANNEL_MULTIPLE = 16        # input and output channels: whole vectors of the widest SIMD (AVX-512)
+
+_state = {"lib": None, "tried": False, "enabled": True}
+_build_lock = threading.Lock()
+
+
+# -- the compiled transforms --------------------------------------------------------------------------------------
+def cache_dir() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "noisecraft"
+
+
+def machine_key() -> str:
+    """What the compiled library depends on: the source, the flags and the CPU (-march=native)."""
+    cpu = ""
+    with contextlib.suppress(OSError):
+        cpu = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
+    key = SOURCE.read_bytes() + " ".join(CFLAGS).encode() + platform.machine().encode() + cpu.encode()
+    return hashlib.sha256(key).hexdigest()[:16]
+
+
+def build(target: Path) -> None:
+    """Compile winograd.c into `target`, atomically (a half-written library is never left there)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".so.tmp")
+    os.close(fd)
+    try:
+        cc = os.environ.get("CC", "cc")
+        subprocess.run([cc, *CFLAGS, str(SOURCE), "-o", tmp], check=True, capture_output=True, timeout=120)
+        os.replace(tmp, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+
+
+def library() -> ctypes.CDLL | None:
+    """The compiled kernels, built on first use; None where they cannot be built (then a one-line warning,
+    once, and every convolution takes PyTorch's path)."""
+    with _build_lock:
+        if not _state["tried"]:
+            _state["tried"] = True
+            _state["lib"] = load()
+    return _state["lib"]
+
+
+def load() -> ctypes.CDLL | None:
+    target = cache_dir() / f"winograd-{machine_key()}.so"
+    try:
+        if not target.exists():
+            build(target)
+        try:
+            lib = ctypes.CDLL(str(target))
+        except OSError:                      # a damaged cached library: build it again, once
+            build(target)
+            lib = ctypes.CDLL(str(target))
+    except (OSError, subprocess.SubprocessError) as e:
+        stderr = (getattr(e, "stderr", None) or b"").decode(errors="replace").strip().splitlines()
+        reason = stderr[-1] if stderr else e
+        warnings.warn(f"noisecraft: the Winograd convolution kernels could not be built ({reason}); 3x3 "
+                      "convolutions use PyTorch's, slower in fp32 on the CPU", RuntimeWarning, stacklevel=3)
+        return None
+    long, ptr = ctypes.c_long, ctypes.c_void_p
+    lib.winograd_conv.argtypes = [ptr, ptr, ptr, ptr] + [long] * 5
+    lib.winograd_filter_grad.argtypes = [ptr, ptr, ptr] + [long] * 5
+    lib.winograd_filter.argtypes = lib.winograd_filter_adjoint.argtypes = [ptr, ptr, long, long]
+    return lib
+
+
+@contextlib.contextmanager
+def disabled():
+    """Run 3x3 convolutions on PyTorch's path inside the block (e.g. to count their FLOPs as convolutions)."""
+    before, _state["enabled"] = _state["enabled"], False
+    try:
+        yield
+    finally:
+        _state["enabled"] = before
+
+
+def tiles(n: int, h: int, w: int) -> int:
+    return n * ((h + 3) // 4) * ((w + 3) // 4)
+
+
+def channels_last(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous(memory_format=torch.channels_last)
+
+
+def filter_transform(weight: torch.Tensor) -> torch.Tensor:
+    """(O, C, 3, 3) -> U (36, C, O): G g G^T for every filter g."""
+    o, c = weight.shape[:2]
+    w, u = weight.detach().contiguous(), torch.empty(36, c, o)     # w named: it must outlive the call
+    library().winograd_filter(w.data_ptr(), u.data_ptr(), c, o)
+    return u
+
+
+def filter_adjoint(du: torch.Tensor) -> torch.Tensor:
+    """dU (36, C, O) -> dW (O, C, 3, 3) = G^T dU G for every filter."""
+    c, o = du.shape[1:]
+    du, dw = du.contiguous(), torch.empty(o, c, 3, 3)
+    library().winograd_filter_adjoint(du.data_ptr(), dw.data_ptr(), c, o)
+    return dw
+
+
+def convolve(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """(N, C, H, W) channels_last and U (36, C, O) -> (N, O, H, W) channels_last: the convolution, all steps
+    fused per block of tiles."""
+    n, c, h, w = x.shape
+    if not (x.is_contiguous(memory_format=torch.channels_last) and u.is_contiguous() and u.shape[:2] == (36, c)
+            and x.dtype == u.dtype == torch.float32 and u.shape[2] % CHANNEL_MULTIPLE == 0
+            and u.data_ptr() % 64 == 0):       # the kernel loads U in whole, aligned vectors
+        raise ValueError(f"convolve() takes a channels_last fp32 (N, C, H, W) and a 64-byte aligned (36, C, O) U, "
+                         f"O a multiple of {CHANNEL_MULTIPLE}: got {tuple(x.shape)} {x.dtype} and {tuple(u.shape)}")
+    y = torch.empty(n, u.shape[2], h, w, memory_format=torch.channels_last)
+    library().winograd_conv(x.data_ptr(), u.data_ptr(), None if bias is None else bias.data_ptr(), y.data_ptr(),
+                            n, h, w, c, u.shape[2])
+    return y
+
+
+def filter_grad(x: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
+    """dU (36, C, O) = sum over tiles of V[a]^T (A dY A^T)[a]: the gradient of U, from the layer's input and
+    output gradient (both channels_last), fused per block of tiles like convolve()."""
+    n, c, h, w = x.shape
+    if not (x.is_contiguous(memory_format=torch.channels_last) and dy.is_contiguous(memory_format=torch.channels_last)
+            and x.dtype == dy.dtype == torch.float32 and c % CHANNEL_MULTIPLE == 0
+            and dy.shape[1] % CHANNEL_MULTIPLE == 0 and dy.shape[::2] == x.shape[::2] and dy.shape[3] == w):
+        raise ValueError(f"filter_grad() takes channels_last fp32 x and dY of one image size, channels multiples of "
+                         f"{CHANNEL_MULTIPLE}: got {tuple(x.shape)} and {tuple(dy.shape)}")
+    du = torch.empty(36, c, dy.shape[1])
+    library().winograd_filter_grad(x.data_ptr(), dy.data_ptr(), du.data_ptr(), n, h, w, c, dy.shape[1])
+    return du
+
+
+# -- the kernels as torch operators, with their gradients: what training and torch.compile call ------------------
+@torch.library.custom_op("noisecraft::winograd_conv3x3", mutates_args=())
+def conv3x3_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """conv2d(x, weight, bias, padding=1) on the Winograd path; the gradients are the adjoint steps (dX: the
+    same convolution of dY with the flipped, transposed filters; dW: weight_grad_op)."""
+    return convolve(channels_last(x), filter_transform(weight), None if bias is None else bias.contiguous())
+
+
+@conv3x3_op.register_fake
+def _(x, weight, bias):
+    return torch.empty(x.shape[0], weight.shape[0], *x.shape[2:], dtype=x.dtype, device=x.device,
+                       memory_format=torch.channels_last)
+
+
+@torch.library.custom_op("noisecraft::winograd_conv3x3_weight_grad", mutates_args=())
+def weight_grad_op(x: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
+    """dW = G^T dU G, dU[a] = sum over tiles of V[a]^T (A dY A^T)[a]."""
+    return filter_adjoint(filter_grad(channels_last(x), channels_last(dy)))
+
+
+@weight_grad_op.register_fake
+def _(x, dy):
+    return torch.empty(dy.shape[1], x.shape[1], 3, 3, dtype=x.dtype, device=x.device)
+
+
+def _op_setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0], inputs[1])
+    ctx.has_bias = inputs[2] is not None
+
+
+def _op_backward(ctx, dy):
+    x, weight = ctx.saved_tensors
+    dx = conv3x3_op(dy, weight.flip(2, 3).transpose(0, 1), None) if ctx.needs_input_grad[0] else None
+    dw = weight_grad_op(x, dy) if ctx.needs_input_grad[1] else None
+    db = dy.sum((0, 2, 3)) if ctx.has_bias and ctx.needs_input_grad[2] else None
+    return dx, dw, db
+
+
+conv3x3_op.register_autograd(_op_backward, setup_context=_op_setup)
+
+
+def applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
+    """Whether the fast path runs this call (see the module's docstring)."""
+    c_out, c_in = conv.weight.shape[:2]
+    return (_state["enabled"] and x.device.type == "cpu" and x.dtype == conv.weight.dtype == torch.float32
+            and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+            and c_in % CHANNEL_MULTIPLE == 0 and c_out % CHANNEL_MULTIPLE == 0
+            and tiles(x.shape[0], x.shape[2], x.shape[3]) >= MIN_TILES
+            and not torch.is_autocast_enabled("cpu")
+            and (_state["lib"] is not None if torch.compiler.is_compiling() else library() is not None))
+
+
+class Conv3x3(nn.Conv2d):
+    """nn.Conv2d(in, out, 3, padding=1) -- the same parameters and state_dict -- that runs on the Winograd
+    path where that is faster. Without gradients and at small batches (fewer than CACHE_BELOW_TILES tiles;
+    a batch-1 forward ran 1.3x faster with it), the transformed filters, 4x the weight's size, are kept
+    from call to call until the weight changes: in place (its version), or replaced."""
+
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = True):
+        super().__init__(in_channels, out_channels, 3, padding=1, bias=bias)
+        self._filters: tuple = (None, None)
+
+    def __getstate__(self):                    # copies and pickles start without the cache (a weak reference)
+        return {**self.__dict__, "_filters": (None, None)}
+
+    def transformed(self, n_tiles: int) -> torch.Tensor:
+        if n_tiles >= CACHE_BELOW_TILES:
+            return filter_transform(self.weight)
+        w = self.weight
+        key, u = self._filters
+        if key is None or key[0]() is not w or key[1:] != (w.data_ptr(), w._version):
+            u = filter_transform(w)
+            self._filters = ((weakref.ref(w), w.data_ptr(), w._version), u)
+        return u
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not applies(self, x):
+            return F.conv2d(x, self.weight, self.bias, padding=1)
+        training = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
+        if training or torch.compiler.is_compiling():
+            return conv3x3_op(x, self.weight, self.bias)         # the filters transformed inside, every call
+        u = self.transformed(tiles(x.shape[0], x.shape[2], x.shape[3]))
+        return convolve(x, u, None if self.bias is None else self.bias.detach())

@@ -1,0 +1,1 @@
+"""Training: the loop, EMA weights and checkpoints."""
