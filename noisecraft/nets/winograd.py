@@ -112,7 +112,8 @@ def load() -> ctypes.CDLL | None:
 
 @contextlib.contextmanager
 def disabled():
-    """Run 3x3 convolutions on PyTorch's path inside the block (e.g. to count their FLOPs as convolutions)."""
+    """Run 3x3 convolutions on PyTorch's path inside the block, process-wide (e.g. to count their FLOPs as
+    convolutions, or to time the direct path)."""
     before, _state["enabled"] = _state["enabled"], False
     try:
         yield
