@@ -48,7 +48,7 @@ _state = {"lib": None, "tried": False, "enabled": True}
 _build_lock = threading.Lock()
 
 
-# -- the compiled transforms --------------------------------------------------------------------------------------
+# -- the compiled kernels --------------------------------------------------------------------------------------------
 def cache_dir() -> Path:
     root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(root) / "noisecraft"
