@@ -230,10 +230,9 @@ static void accumulate(const float *v, const float *e, float *u, long C, long O)
 }
 
 /* The threads' working buffers: one block per calling thread, grown when a call needs more and otherwise
- * kept. Allocated by the calling thread because a buffer malloc'd inside an OpenMP thread comes from that
- * thread's own malloc arena, which keeps freed memory (about 40 MB more peak resident memory in a batch-64
- * forward); kept because allocating and freeing some MB per call moved glibc's mmap threshold and cost
- * about 70 MB more peak in a training step. Every per-thread size is a multiple of 16 floats, so each
+ * kept, so that a call allocates nothing. Allocated by the calling thread because a buffer malloc'd inside
+ * an OpenMP thread comes from that thread's own malloc arena, which keeps freed memory (about 40 MB more
+ * peak resident memory in a batch-64 forward). Every per-thread size is a multiple of 16 floats, so each
  * part stays 64-byte aligned. */
 static __thread float *scratch = NULL;
 static __thread long scratch_floats = 0;
