@@ -1,3 +1,0 @@
-from noisecraft.cli import main
-
-main()

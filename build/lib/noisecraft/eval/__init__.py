@@ -1,2 +1,0 @@
-"""Evaluation: FID, KID and precision/recall on pretrained features (offline), domain classifiers, and
-sample-quality checks."""

@@ -1,1 +1,0 @@
-"""Training: the loop, EMA weights and checkpoints."""
