@@ -90,23 +90,30 @@ static grid grid_of(long N, long H, long W) {
     return g;
 }
 
+/* buf[(i * size + j) * CB + c] = src[pixel (4th + offset + i, 4tw + offset + j) of tile p, channel c0 + c]
+ * for the size x size window of tile p, zeros outside the image and for p >= P (a padding tile). */
+static void load_window(const float *src, grid g, long C, long p, int offset, int size, long c0, int cb,
+                        float *buf) {
+    long n = p / (g.nH * g.nW), th = p / g.nW % g.nH, tw = p % g.nW;
+    for (int i = 0; i < size; i++) {
+        long yy = 4 * th + offset + i;
+        for (int j = 0; j < size; j++) {
+            long xx = 4 * tw + offset + j;
+            float *row = buf + (i * size + j) * CB;
+            if (p >= g.P || yy < 0 || yy >= g.H || xx < 0 || xx >= g.W)
+                memset(row, 0, sizeof(float) * cb);
+            else
+                memcpy(row, src + ((n * g.H + yy) * g.W + xx) * C + c0, sizeof(float) * cb);
+        }
+    }
+}
+
 /* dst[a * plane + c] = (B^T d B)[a] for the 6x6 input tile d of tile p (zeros for p >= P: a padding tile). */
 static void input_tile(const float *x, grid g, long C, long p, float *dst, long plane) {
     float d[36 * CB], t[36 * CB], v[36 * CB];
-    long n = p / (g.nH * g.nW), th = p / g.nW % g.nH, tw = p % g.nW;
     for (long c0 = 0; c0 < C; c0 += CB) {
         int cb = (int)min_l(CB, C - c0);
-        for (int i = 0; i < 6; i++) {
-            long yy = 4 * th - 1 + i;
-            for (int j = 0; j < 6; j++) {
-                long xx = 4 * tw - 1 + j;
-                float *row = d + (i * 6 + j) * CB;
-                if (p >= g.P || yy < 0 || yy >= g.H || xx < 0 || xx >= g.W)
-                    memset(row, 0, sizeof(float) * cb);
-                else
-                    memcpy(row, x + ((n * g.H + yy) * g.W + xx) * C + c0, sizeof(float) * cb);
-            }
-        }
+        load_window(x, g, C, p, -1, 6, c0, cb, d);                                       /* padding 1 */
         for (int j = 0; j < 6; j++) bt6(d + j * CB, 6 * CB, t + j * CB, 6 * CB, cb);     /* columns */
         for (int i = 0; i < 6; i++) bt6(t + i * 6 * CB, CB, v + i * 6 * CB, CB, cb);     /* rows */
         for (int a = 0; a < 36; a++) memcpy(dst + a * plane + c0, v + a * CB, sizeof(float) * cb);
@@ -140,20 +147,9 @@ static void output_tile(const float *src, long plane, const float *bias, float *
  * image): the adjoint of output_tile. */
 static void adjoint_tile(const float *e, grid g, long O, long p, float *dst, long plane) {
     float et[16 * CB], t[24 * CB], v[36 * CB];
-    long n = p / (g.nH * g.nW), th = p / g.nW % g.nH, tw = p % g.nW;
     for (long c0 = 0; c0 < O; c0 += CB) {
         int cb = (int)min_l(CB, O - c0);
-        for (int i = 0; i < 4; i++) {
-            long yy = 4 * th + i;
-            for (int j = 0; j < 4; j++) {
-                long xx = 4 * tw + j;
-                float *row = et + (i * 4 + j) * CB;
-                if (p >= g.P || yy >= g.H || xx >= g.W)
-                    memset(row, 0, sizeof(float) * cb);
-                else
-                    memcpy(row, e + ((n * g.H + yy) * g.W + xx) * O + c0, sizeof(float) * cb);
-            }
-        }
+        load_window(e, g, O, p, 0, 4, c0, cb, et);
         for (int j = 0; j < 4; j++) a4(et + j * CB, 4 * CB, t + j * CB, 4 * CB, cb);     /* 6 x 4 */
         for (int i = 0; i < 6; i++) a4(t + i * 4 * CB, CB, v + i * 6 * CB, CB, cb);      /* 6 x 6 */
         for (int a = 0; a < 36; a++) memcpy(dst + a * plane + c0, v + a * CB, sizeof(float) * cb);
