@@ -261,8 +261,9 @@ def speed_section() -> list[str]:
            "(noisecraft/nets/winograd.py), 4x fewer multiplications, so its share can pass 100%; "
            "`noisecraft-direct` is the same network on PyTorch's direct convolutions.", "",
            "| configuration | forward b1 (img/s) | forward b16 | forward b64 | train b32 | sample 64 x 20 steps "
-           "| sample 1 x 20 | b16 GFLOP/s (share of ceiling) | peak MB forward b64 / train b32 (median of 5 processes) |",
-           "|---|---|---|---|---|---|---|---|---|"]
+           "| sample 1 x 20 | b16 GFLOP/s (share of ceiling) | peak resident MB forward b64 / train b32 "
+           "| peak tensor MB forward b64 / train b32 |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
     for name in ("diffusers", "diffusers-channels_last", "noisecraft-direct", "noisecraft", "diffusers-bf16",
                  "noisecraft-bf16"):
         if name not in res:
@@ -270,9 +271,15 @@ def speed_section() -> list[str]:
         m = res[name]
         out.append(f"| {name} | {m['forward_b1']:.1f} | {m['forward_b16']:.1f} | {m['forward_b64']:.1f} | {m['train_b32']:.1f} "
                    f"| {m['sample_64x20']:.2f} | {m['sample_1x20']:.2f} | {m['gflops_forward_b16']:.0f} ({m['ceiling_share_forward_b16']:.0%}) "
-                   f"| {m['peak_memory_mb_forward']:.0f} / {m['peak_memory_mb_train']:.0f} |")
+                   f"| {m['peak_memory_mb_forward']:.0f} / {m['peak_memory_mb_train']:.0f} "
+                   + (f"| {m['peak_tensor_mb_forward']:.0f} / {m['peak_tensor_mb_train']:.0f} |" if "peak_tensor_mb_train" in m
+                      else "| - |"))
     if "peak_memory_mb_forward_range" in res["noisecraft"]:
-        out += ["", "Peak memory ranges over the 5 processes (MB): " + "; ".join(
+        out += ["", "Peak memory, the median of 5 fresh processes each: the growth of the resident set (what the "
+                "operating system sees), and the peak of live tensors (the profiler's count of every allocation and "
+                "free, the CPU's counterpart of `torch.cuda.max_memory_allocated`; it does not depend on how glibc's "
+                "malloc reuses freed blocks, which moves the resident figure by up to 100 MB from process to process). "
+                "Resident ranges over the 5 processes (MB): " + "; ".join(
             f"{name} forward {res[name]['peak_memory_mb_forward_range'][0]:.0f}-{res[name]['peak_memory_mb_forward_range'][1]:.0f}, "
             f"train {res[name]['peak_memory_mb_train_range'][0]:.0f}-{res[name]['peak_memory_mb_train_range'][1]:.0f}"
             for name in ("noisecraft", "noisecraft-direct", "diffusers") if name in res) + "."]

@@ -10,15 +10,16 @@ Measured, each as the best of several timed repeats after warm-up, alternating t
   - forward images/s at batch 1, 16 and 64 (inference_mode); training images/s (forward, backward and
     an AdamW step at batch 32); end-to-end sampling of 64 images with 20 DPM-Solver++(2M) steps, and of
     1 image (the latency of one picture: what a person at the web page waits for);
-  - peak memory of a batch-64 forward and a batch-32 training step (resident-set growth of a fresh
-    process, so both libraries are measured the same way; the median of 5 processes, as single readings
-    of one configuration spread over 100 MB);
+  - peak memory of a batch-64 forward and a batch-32 training step, two ways, each the median of 5 fresh
+    processes: the resident-set growth (what the operating system sees; single readings of one
+    configuration spread over 100 MB, as glibc's malloc reuses freed blocks differently from run to run)
+    and the peak of live tensors (the profiler's count of allocations and frees: exact and repeatable);
   - each figure as achieved GFLOP/s and as a share of the ceiling of its precision;
   - one lever alone: the fused attention kernel against the explicit product in a bf16 training step.
 Configurations: noisecraft as shipped (fp32, channels_last, Winograd 3x3 convolutions), noisecraft-direct
 (the same with PyTorch's direct convolutions: the Winograd lever alone), noisecraft bf16 autocast,
 noisecraft with torch.compile (forward at batch 16 only: compiling costs about 30 s per shape; compiled
-graphs use the direct convolutions), diffusers as shipped (fp32, NCHW), and diffusers given channels_last
+graphs keep the Winograd kernels as custom operators), diffusers as shipped (fp32, NCHW), and diffusers given channels_last
 too (a reference a diffusers user could reach). FLOPs are the direct convolution's (Winograd does 4x fewer
 multiplications in the 3x3 layers, so its share of the direct ceiling can pass 100%).
 
@@ -225,12 +226,31 @@ def _status_kb(field: str) -> int:
     return int(line.split()[1])
 
 
-def peak_memory_mb(name: str, mode: str) -> float:
-    """Peak resident-set growth (MB) of a fresh process during a batch-64 forward or a batch-32 training step:
-    the peak is reset once the model is built (clear_refs 5), so imports and construction do not count."""
+def peak_memory_mb(name: str, mode: str) -> tuple[float, float]:
+    """Two peaks (MB) of a batch-64 forward or a batch-32 training step in a fresh process: the resident-set
+    growth over two calls, after the model is built (clear_refs 5, so imports and construction do not
+    count), then the peak of live tensors during a third call."""
     out = subprocess.run([sys.executable, __file__, "--memory-probe", f"{name}:{mode}"], capture_output=True,
                          text=True, check=True)
-    return float(out.stdout.strip().splitlines()[-1])
+    rss, tensors = out.stdout.strip().splitlines()[-1].split()
+    return float(rss), float(tensors)
+
+
+def tensor_peak_mb(fn) -> float:
+    """The peak of live tensor memory during fn(), above what lived before it, from the profiler's record of
+    every allocation and free (the CPU's counterpart of torch.cuda.max_memory_allocated): unlike the
+    resident set, it does not depend on how the C library's malloc reuses freed blocks, and it repeats
+    exactly from run to run."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    changes = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
+    live = peak = 0
+    for _, nbytes in changes:
+        live += nbytes
+        peak = max(peak, live)
+    return peak / 2**20
 
 
 def memory_probe(spec: str) -> None:
@@ -241,7 +261,7 @@ def memory_probe(spec: str) -> None:
     before = _status_kb("VmRSS")
     fn()
     fn()
-    print((_status_kb("VmHWM") - before) / 1024)
+    print((_status_kb("VmHWM") - before) / 1024, tensor_peak_mb(fn))
 
 
 def preset_precision(repeats: int) -> dict:
@@ -360,9 +380,12 @@ def main() -> None:
 
     for name in names:
         for mode in ("forward", "train"):
-            readings = sorted(peak_memory_mb(name, mode) for _ in range(MEMORY_PROBES))
-            results[name][f"peak_memory_mb_{mode}"] = readings[len(readings) // 2]
-            results[name][f"peak_memory_mb_{mode}_range"] = [readings[0], readings[-1]]
+            rss, tensors = zip(*(peak_memory_mb(name, mode) for _ in range(MEMORY_PROBES)))
+            rss, tensors = sorted(rss), sorted(tensors)
+            results[name][f"peak_memory_mb_{mode}"] = rss[len(rss) // 2]
+            results[name][f"peak_memory_mb_{mode}_range"] = [rss[0], rss[-1]]
+            results[name][f"peak_tensor_mb_{mode}"] = tensors[len(tensors) // 2]
+            results[name][f"peak_tensor_mb_{mode}_range"] = [tensors[0], tensors[-1]]
 
     flop_of = lambda name: flops["diffusers" if name.startswith("diffusers") else "noisecraft"]
     for name, r in results.items():

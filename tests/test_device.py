@@ -227,11 +227,13 @@ def step():                                         # a 40 MiB tensor, written a
     return float(torch.ones(10 << 20)[-1])
 for _ in range(3):
     step()
-before = faults()
-for _ in range(20):
+per_step = []
+for _ in range(21):
+    before = faults()
     step()
-print((faults() - before) / 20)
-"""
+    per_step.append(faults() - before)
+print(sorted(per_step)[10])                         # the median step: an occasional step whose block went elsewhere
+"""                                                 # faults 10240 pages once (seen under pytest: a 20-step mean of 512)
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc only")

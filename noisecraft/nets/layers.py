@@ -32,6 +32,92 @@ def zero(module: nn.Module) -> nn.Module:
     return module
 
 
+def norm_act(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, groups: int, eps: float,
+             scale: torch.Tensor | None = None, shift: torch.Tensor | None = None, act: bool = True) -> torch.Tensor:
+    """silu(GroupNorm(x) * (1 + scale) + shift): the norm, the optional adaptive scale and shift
+    (Dhariwal & Nichol 2021 §3), and SiLU."""
+    h = F.group_norm(x, groups, weight, bias, eps)
+    if scale is not None:
+        h = h * (1 + scale) + shift
+    return F.silu(h) if act else h
+
+
+class Recomputed:
+    """The activation of one norm_conv() call, computed again in the backward pass from the norm's inputs:
+    once, with its graph, for both the convolution's gradient (which needs the activation itself) and the
+    gradients through the norm (which need the graph). Under the same autocast as the forward pass."""
+
+    def __init__(self, inputs: tuple, groups: int, eps: float, act: bool):
+        self.inputs, self.options, self.graph = inputs, (groups, eps), None
+        self.act = act
+        device = inputs[0].device.type
+        self.autocast = (device, torch.get_autocast_dtype(device), torch.is_autocast_enabled(device))
+
+    def compute(self, x, weight, bias, scale, shift) -> torch.Tensor:
+        return norm_act(x, weight, bias, *self.options, scale, shift, self.act)
+
+    def activation_graph(self) -> tuple[list, torch.Tensor]:
+        if self.graph is None:
+            device, dtype, enabled = self.autocast
+            with torch.enable_grad(), torch.autocast(device, dtype, enabled=enabled):
+                leaves = [None if t is None else t.detach().requires_grad_(t.requires_grad) for t in self.inputs]
+                self.graph = (leaves, self.compute(*leaves))
+        return self.graph
+
+
+class NormAct(torch.autograd.Function):
+    """norm_act() that keeps only its inputs for the backward pass (see norm_conv)."""
+
+    @staticmethod
+    def forward(ctx, recomputed: Recomputed, *inputs):
+        ctx.recomputed = recomputed
+        ctx.save_for_backward(*inputs)       # the same tensors recomputed holds; saved so that autograd checks
+        return recomputed.compute(*inputs)   # none of them changed in place before the backward pass
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        ctx.saved_tensors                                          # raises if an input was modified in place
+        leaves, a = ctx.recomputed.activation_graph()
+        ctx.recomputed.graph = None
+        wanted = [i for i, t in enumerate(leaves) if t is not None and t.requires_grad and ctx.needs_input_grad[i + 1]]
+        grads = dict(zip(wanted, torch.autograd.grad(a, [leaves[i] for i in wanted], grad))) if wanted else {}
+        return (None, *(grads.get(i) for i in range(len(leaves))))
+
+
+def norm_conv(conv: nn.Module, norm: nn.GroupNorm, x: torch.Tensor, scale: torch.Tensor | None = None,
+              shift: torch.Tensor | None = None, act: bool = True, dropout: nn.Module | None = None) -> torch.Tensor:
+    """conv(dropout(norm_act(x, ...))) with norm's parameters, storing only x for the backward pass.
+
+    Done op by op, GroupNorm, the modulation, SiLU and the convolution each keep a tensor of x's size for their
+    gradients: four of the seven a ResBlock keeps, most of a training step's memory. In an eager training pass,
+    the activation is instead computed again from x in the backward pass (a GroupNorm and a SiLU, memory-bound,
+    a few percent of the convolution's cost); the gradients are the same numbers. An active dropout keeps its
+    output, as before. torch.compile's partitioner makes such choices itself, so compiled graphs run the ops."""
+    inputs = (x, norm.weight, norm.bias, scale, shift)
+    if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)) \
+            or torch.compiler.is_compiling():
+        a = norm_act(x, norm.weight, norm.bias, norm.num_groups, norm.eps, scale, shift, act)
+        return conv(a if dropout is None else dropout(a))
+    recomputed = Recomputed(inputs, norm.num_groups, norm.eps, act)
+    a = NormAct.apply(recomputed, *inputs)
+    b = a if dropout is None else dropout(a)
+
+    key = _identity(a)            # not `a` itself: autograd keeps the pack hook as long as what it saved
+
+    def pack(t: torch.Tensor):
+        return recomputed if _identity(t) == key else t
+
+    def unpack(t):
+        return t.activation_graph()[1].detach() if t is recomputed else t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+        return conv(b)
+
+
+def _identity(t: torch.Tensor) -> tuple:
+    return t.data_ptr(), t.shape, t.stride(), t.dtype
+
+
 class ResBlock(nn.Module):
     """GroupNorm-SiLU-conv twice with the embedding injected as scale and shift of the second
     norm (adaptive GroupNorm, Dhariwal & Nichol 2021 §3)."""
@@ -47,10 +133,9 @@ class ResBlock(nn.Module):
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))                               # (B, out, H, W)
+        h = norm_conv(self.conv1, self.norm1, x)                            # (B, out, H, W)
         scale, shift = self.emb(F.silu(emb))[:, :, None, None].chunk(2, dim=1)
-        h = self.norm2(h) * (1 + scale) + shift
-        h = self.conv2(self.dropout(F.silu(h)))
+        h = norm_conv(self.conv2, self.norm2, h, scale, shift, dropout=self.dropout)
         return self.skip(x) + h
 
 
@@ -99,7 +184,7 @@ class AttentionBlock(nn.Module):
                 context_mask: torch.Tensor | None = None) -> torch.Tensor:
         b, c, h, w = x.shape
         if self.self_attention:
-            q, k, v = self.qkv(self.norm(x)).flatten(2).transpose(1, 2).chunk(3, dim=2)  # 3 x (B, HW, C)
+            q, k, v = norm_conv(self.qkv, self.norm, x, act=False).flatten(2).transpose(1, 2).chunk(3, dim=2)  # 3 x (B, HW, C)
             out = attention(self._heads(q), self._heads(k), self._heads(v))
             x = x + self.proj(out.transpose(1, 2).reshape(b, h * w, c).transpose(1, 2).reshape(b, c, h, w))
         if self.cross is None or context is None:

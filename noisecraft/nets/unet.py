@@ -7,7 +7,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from noisecraft.errors import NoisecraftError
-from noisecraft.nets.layers import AttentionBlock, Downsample, ResBlock, Upsample, norm, timestep_embedding, zero
+from noisecraft.nets.layers import AttentionBlock, Downsample, ResBlock, Upsample, norm, norm_conv, timestep_embedding, zero
 from noisecraft.nets.presets import UNetConfig
 from noisecraft.nets.winograd import Conv3x3
 
@@ -119,4 +119,4 @@ class UNet(nn.Module):
                 h = block(h)
             else:
                 h = block(torch.cat([h, hs.pop()], dim=1), emb, context, context_mask)
-        return self.out(h).contiguous()                                      # (B, C, H, W)
+        return norm_conv(self.out[2], self.out[0], h).contiguous()           # (B, C, H, W)

@@ -206,6 +206,7 @@ def _op_setup(ctx, inputs, output):
 
 def _op_backward(ctx, dy):
     x, weight = ctx.saved_tensors
+    dy = channels_last(dy)           # once for both gradients (a slice of a concatenation's gradient is neither layout)
     dx = conv3x3_op(dy, weight.flip(2, 3).transpose(0, 1), None) if ctx.needs_input_grad[0] else None
     dw = weight_grad_op(x, dy) if ctx.needs_input_grad[1] else None
     db = dy.sum((0, 2, 3)) if ctx.has_bias and ctx.needs_input_grad[2] else None

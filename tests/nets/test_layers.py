@@ -49,3 +49,95 @@ def test_fp32_and_inference_use_the_fused_kernel(fused_calls):
     with torch.inference_mode():
         layers.attention(*_qkv(torch.bfloat16, requires_grad=False))
     assert len(fused_calls) == 2
+
+
+# -- norm_conv(): the activation between a GroupNorm and a convolution, recomputed in the backward pass -----------
+def _block(act_scale: bool, conv_cls=layers.Conv3x3, channels=32):
+    torch.manual_seed(0)
+    norm, conv = layers.norm(channels, 8), conv_cls(channels, channels)
+    with torch.no_grad():
+        for p in (norm.weight, norm.bias):
+            p.normal_()                                            # not the identity norm, so its gradients show
+    conv = conv.to(memory_format=torch.channels_last)
+    x = torch.randn(4, channels, 16, 16).contiguous(memory_format=torch.channels_last).requires_grad_()
+    scale, shift = (torch.randn(4, channels, 1, 1, requires_grad=True) for _ in range(2)) if act_scale else (None, None)
+    return norm, conv, x, scale, shift
+
+
+def _run(fn, norm, conv, x, scale, shift, act=True):
+    params = [x, norm.weight, norm.bias, conv.weight, conv.bias] + [t for t in (scale, shift) if t is not None]
+    for p in params:
+        p.grad = None
+    y = fn(norm, conv, x, scale, shift, act)
+    (y.square() * torch.linspace(0, 1, y.numel()).view_as(y)).sum().backward()
+    return y.detach(), [p.grad.clone() for p in params]
+
+
+def _op_by_op(norm, conv, x, scale, shift, act):
+    return conv(layers.norm_act(x, norm.weight, norm.bias, norm.num_groups, norm.eps, scale, shift, act))
+
+
+def _recomputed(norm, conv, x, scale, shift, act):
+    return layers.norm_conv(conv, norm, x, scale, shift, act)
+
+
+@pytest.mark.parametrize("modulated, act, conv_cls", [(False, True, layers.Conv3x3), (True, True, layers.Conv3x3),
+                                                      (False, False, lambda c, o: torch.nn.Conv2d(c, 3 * o, 1))])
+def test_norm_conv_gives_the_same_output_and_gradients(modulated, act, conv_cls):
+    block = _block(modulated, conv_cls)
+    y0, g0 = _run(_op_by_op, *block, act=act)
+    y1, g1 = _run(_recomputed, *block, act=act)
+    assert torch.equal(y0, y1)
+    for a, b in zip(g0, g1):
+        assert torch.equal(a, b)
+
+
+def test_norm_conv_gives_the_same_gradients_under_bf16_autocast():
+    block = _block(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y0, g0 = _run(_op_by_op, *block)
+        y1, g1 = _run(_recomputed, *block)
+    assert torch.equal(y0, y1)
+    for a, b in zip(g0, g1):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def _retained_mb(fn) -> float:
+    """Tensor memory allocated during fn() and still alive after it (the profiler's count)."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        keep = fn()
+    del keep
+    return sum(e.nbytes() for e in prof.profiler.kineto_results.events() if e.name() == "[memory]") / 2**20
+
+
+def test_a_resblock_keeps_two_activations_for_its_backward_pass_not_seven(monkeypatch):
+    torch.manual_seed(0)
+    block = layers.ResBlock(64, 64, 32, 8, 0.0).to(memory_format=torch.channels_last)
+    x = torch.randn(8, 64, 16, 16).contiguous(memory_format=torch.channels_last).requires_grad_()
+    emb = torch.randn(8, 32)
+    activation = x.numel() * 4 / 2**20
+    recomputing = _retained_mb(lambda: block(x, emb))
+    monkeypatch.setattr(layers.torch.compiler, "is_compiling", lambda: True)   # the op-by-op path (what compile runs)
+    op_by_op = _retained_mb(lambda: block(x, emb))
+    # conv1's output h (the second norm's input) and the block's output, against those plus the norms' outputs,
+    # the modulated activation and both SiLU outputs.
+    assert recomputing < 2.5 * activation < 6 * activation < op_by_op
+
+
+def test_norm_conv_refuses_an_input_changed_in_place_before_the_backward_pass():
+    norm, conv, x, scale, shift = _block(False)
+    h = x * 1.0
+    y = layers.norm_conv(conv, norm, h)
+    h.add_(1.0)                                                  # the recomputation would see the changed tensor
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()
+
+
+def test_norm_conv_backward_twice_with_a_retained_graph():
+    norm, conv, x, scale, shift = _block(True)
+    y = layers.norm_conv(conv, norm, x, scale, shift)
+    first = torch.autograd.grad(y.square().sum(), (x, norm.weight, scale), retain_graph=True)
+    second = torch.autograd.grad(y.square().sum(), (x, norm.weight, scale))
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)

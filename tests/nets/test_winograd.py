@@ -34,7 +34,7 @@ def _reference(conv, x, dy=None):
 
 
 def _rel(a, b):
-    return float((a.double() - b).abs().max() / b.abs().max())
+    return float((a.detach().double() - b).abs().max() / b.abs().max())
 
 
 def _nhwc(*shape):
