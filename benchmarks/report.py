@@ -260,6 +260,9 @@ def speed_section() -> list[str]:
            "direct convolution's FLOPs: `noisecraft` runs its 3x3 convolutions by Winograd's F(4x4, 3x3) "
            "(noisecraft/nets/winograd.py), 4x fewer multiplications, so its share can pass 100%; "
            "`noisecraft-direct` is the same network on PyTorch's direct convolutions.", "",
+           *(["This CPU has no bf16 instructions (no AVX-512 BF16 or AMX): bf16 is emulated through fp32 at the "
+              "ceiling above, so the bf16 configurations were not run (noisecraft warns when bf16 is asked for on "
+              "such a CPU).", ""] if r.get("cpu_has_bf16") is False else []),
            "| configuration | forward b1 (img/s) | forward b16 | forward b64 | train b32 | sample 64 x 20 steps "
            "| sample 1 x 20 | b16 GFLOP/s (share of ceiling) | peak resident MB forward b64 / train b32 "
            "| peak tensor MB forward b64 / train b32 |",

@@ -28,6 +28,11 @@ per class; sample()'s default DDIM with 50 steps, the model's guidance 2) in fp3
 same noise, and fp32 from other noise (seed-to-seed noise, the yardstick): classifier accuracy for the
 requested class and FID against the test split.
 
+On a CPU without bf16 instructions (noisecraft.device.cpu_has_bf16: no AVX-512 BF16, AMX or aarch64 BF16)
+bf16 is emulated through fp32, many times slower; there the run measures the bf16 ceiling only (which shows
+by how much) and skips the bf16 configurations, the bf16 lever, the presets' fp32/bf16 table and the
+quality check.
+
     python benchmarks/speed.py [--repeats 5] [--no-quality]
 """
 from __future__ import annotations
@@ -43,7 +48,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from noisecraft.device import speed_up
+from noisecraft.device import cpu_has_bf16, speed_up
 from noisecraft.io import atomic_write_json
 from noisecraft.models import DiffusionModel, ModelConfig
 from noisecraft.nets import PRESETS
@@ -180,12 +185,14 @@ def sample_fn(name: str, model, n: int):
     return run
 
 
-def ceiling(repeats: int) -> dict:
-    """GFLOP/s of the fastest big convolution and of a big matrix product, per precision."""
+def ceiling(repeats: int, bf16: bool = True) -> dict:
+    """GFLOP/s of the fastest big convolution and of a big matrix product, per precision. Where the CPU
+    emulates bf16 (bf16=False), its matrix product is timed at 1024^3 once: at 2048^3 one call takes a minute."""
     out = {}
     for label, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        a, b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
-        matmul = 2 * 2048 ** 3 / best_seconds(lambda: a @ b, repeats) / 1e9
+        m, r = (2048, repeats) if bf16 or label == "fp32" else (1024, 1)
+        a, b = torch.randn(m, m, dtype=dtype), torch.randn(m, m, dtype=dtype)
+        matmul = 2 * m ** 3 / best_seconds(lambda: a @ b, r) / 1e9
         conv = 0.0
         for ch, size in ((128, 32), (256, 16)):
             layer = torch.nn.Conv2d(ch, ch, 3, padding=1).to(dtype=dtype, memory_format=torch.channels_last)
@@ -336,7 +343,7 @@ def main() -> None:
         memory_probe(args.memory_probe)
         return
 
-    if not args.no_quality:                             # its data, checked before 15 minutes of timing
+    if not args.no_quality and cpu_has_bf16() is not False:   # its data, checked before 15 minutes of timing
         from noisecraft.data import load_dataset
         from noisecraft.errors import NoisecraftError
         try:
@@ -344,8 +351,13 @@ def main() -> None:
         except NoisecraftError as e:
             raise SystemExit(f"the bf16 quality check needs Fashion-MNIST: {e} (or pass --no-quality)")
 
+    # Where the CPU has no bf16 instructions, oneDNN emulates bf16 through fp32, many times slower (the
+    # ceiling below shows by how much): its configurations would take hours and say nothing new.
+    bf16 = cpu_has_bf16() is not False
     names = ["noisecraft", "noisecraft-direct", "noisecraft-bf16", "diffusers", "diffusers-channels_last",
              "diffusers-bf16"]
+    if not bf16:
+        names = [name for name in names if not name.endswith("bf16")]
     models = {name: build(name) for name in names}
     flops = {name: flops_per_image(models[name]) for name in ("noisecraft", "diffusers")}
     params = {name: sum(p.numel() for p in models[name].parameters()) for name in ("noisecraft", "diffusers")}
@@ -354,7 +366,8 @@ def main() -> None:
     report = {"torch": torch.__version__, "threads": torch.get_num_threads(), "repeats": args.repeats,
               "cpu": platform.processor() or platform.machine(), "preset": PRESET,
               "gflops_per_image": {k: v / 1e9 for k, v in flops.items()},
-              "params_millions": {k: v / 1e6 for k, v in params.items()}, "ceiling": ceiling(args.repeats)}
+              "params_millions": {k: v / 1e6 for k, v in params.items()}, "ceiling": ceiling(args.repeats, bf16),
+              "cpu_has_bf16": bf16}
     print(json.dumps({k: report[k] for k in ("gflops_per_image", "params_millions", "ceiling")}), flush=True)
 
     results = {name: {} for name in names}
@@ -399,22 +412,23 @@ def main() -> None:
     # Throughput at matched FLOPs: images/s scaled by FLOPs per image, so a residual FLOP difference
     # between the two networks does not count for or against either.
     work = lambda name, key: results[name][key] * flop_of(name)
+    same = lambda key: not key.startswith(("gflops", "ceiling", "peak"))
     report["ratios"] = {
         f"{mine}/{ref}": {key: work(mine, key) / work(ref, key) for key in results["diffusers"]
-                          if key in results[mine] and not key.startswith(("gflops", "ceiling", "peak"))}
-        for mine in ("noisecraft", "noisecraft-direct", "noisecraft-bf16")
+                          if key in results[mine] and same(key)}
+        for mine in ("noisecraft", "noisecraft-direct", "noisecraft-bf16") if mine in results
         for ref in ("diffusers", "diffusers-channels_last")}
     report["ratios"]["noisecraft/noisecraft-direct"] = {      # the Winograd lever alone
-        key: results["noisecraft"][key] / results["noisecraft-direct"][key] for key in results["diffusers"]
-        if not key.startswith(("gflops", "ceiling", "peak"))}
-    report["ratios"]["noisecraft-bf16/diffusers-bf16"] = {
-        key: work("noisecraft-bf16", key) / work("diffusers-bf16", key) for key in results["diffusers"]
-        if not key.startswith(("gflops", "ceiling", "peak"))}
+        key: results["noisecraft"][key] / results["noisecraft-direct"][key] for key in results["diffusers"] if same(key)}
+    if bf16:
+        report["ratios"]["noisecraft-bf16/diffusers-bf16"] = {
+            key: work("noisecraft-bf16", key) / work("diffusers-bf16", key) for key in results["diffusers"] if same(key)}
     report["ratios"]["noisecraft-compile/noisecraft forward_b16"] = (results["noisecraft-compile"]["forward_b16"]
                                                                      / results["noisecraft"]["forward_b16"])
-    report["levers"] = levers(args.repeats)
-    report["presets"] = preset_precision(args.repeats)
-    if not args.no_quality:
+    if bf16:                                            # both compare bf16 paths
+        report["levers"] = levers(args.repeats)
+        report["presets"] = preset_precision(args.repeats)
+    if not args.no_quality and bf16:
         report["bf16_quality"] = bf16_quality()
     atomic_write_json(ROOT / "results" / "speed.json", report)
     plot(report, ROOT.parent / "docs" / "images" / "speed.png")
@@ -430,13 +444,13 @@ def plot(report: dict, path: Path) -> None:
 
     keys = [f"forward_b{b}" for b in BATCHES] + ["train_b32", "sample_64x20", "sample_1x20"]
     labels = ["forward b1", "forward b16", "forward b64", "train b32", "sample 64x20", "sample 1x20"]
-    names = ["diffusers", "diffusers-channels_last", "noisecraft-direct", "noisecraft", "diffusers-bf16",
-             "noisecraft-bf16"]
+    names = [name for name in ("diffusers", "diffusers-channels_last", "noisecraft-direct", "noisecraft",
+                               "diffusers-bf16", "noisecraft-bf16") if name in report["results"]]
     fig, ax = plt.subplots(figsize=(9, 3.6))
     width = 0.13
     for i, name in enumerate(names):
         base = report["results"]["diffusers"]
-        ax.bar([k + (i - 2.5) * width for k in range(len(keys))],
+        ax.bar([k + (i - (len(names) - 1) / 2) * width for k in range(len(keys))],
                [report["results"][name][key] / base[key] for key in keys], width, label=name)
     ax.axhline(1.0, color="k", lw=0.8)
     ax.set_xticks(range(len(keys)), labels)

@@ -255,3 +255,26 @@ def test_the_command_line_keeps_freed_memory(monkeypatch):
     with pytest.raises(SystemExit):
         cli.main(["--help"])
     assert calls == [1]
+
+
+def test_bf16_instructions_are_read_from_cpuinfo():
+    from noisecraft.device import bf16_in_cpuinfo
+    assert bf16_in_cpuinfo("processor\t: 0\nflags\t\t: fpu sse2 avx2 fma avx512f avx512_bf16\n")
+    assert bf16_in_cpuinfo("flags\t\t: avx2 amx_bf16 amx_tile\n")
+    assert bf16_in_cpuinfo("Features\t: fp asimd sve bf16 i8mm\n")                      # aarch64
+    assert not bf16_in_cpuinfo("flags\t\t: fpu sse2 avx avx2 fma f16c\n")
+    assert not bf16_in_cpuinfo("Features\t: fp asimd evtstrm\n")
+
+
+def test_bf16_on_a_cpu_without_bf16_instructions_warns(monkeypatch):
+    import warnings
+    import noisecraft.device as device
+    model = DiffusionModel(ModelConfig(unet=PRESETS["tiny"]))
+    monkeypatch.setattr(device, "cpu_has_bf16", lambda: False)
+    with pytest.warns(RuntimeWarning, match="no bf16 instructions.*--precision fp32"):
+        speed_up(model, "bf16")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        speed_up(model, "fp32")                                  # fp32 never warns
+        monkeypatch.setattr(device, "cpu_has_bf16", lambda: True)
+        speed_up(model, "bf16")
