@@ -79,6 +79,7 @@ class UNet(nn.Module):
             if level > 0:
                 self.up.append(Upsample(ch))
                 res *= 2
+        # norm, SiLU, conv: run by norm_conv() in forward (a Sequential for its state_dict keys, out.0 and out.2)
         self.out = nn.Sequential(norm(ch, cfg.groups), nn.SiLU(), zero(Conv3x3(ch, cfg.in_channels)))
         # NHWC activations and weights: oneDNN's convolutions run 1.1-1.7x faster on CPU than in NCHW
         # (benchmarks/speed.py), and tensor cores prefer it too. Inputs and outputs stay ordinary tensors.
