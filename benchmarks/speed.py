@@ -343,7 +343,10 @@ def main() -> None:
         memory_probe(args.memory_probe)
         return
 
-    if not args.no_quality and cpu_has_bf16() is not False:   # its data, checked before 15 minutes of timing
+    # Where the CPU has no bf16 instructions, oneDNN emulates bf16 through fp32, many times slower (the
+    # ceiling below shows by how much): its configurations would take hours and say nothing new.
+    bf16 = cpu_has_bf16() is not False
+    if not args.no_quality and bf16:                    # its data, checked before 15 minutes of timing
         from noisecraft.data import load_dataset
         from noisecraft.errors import NoisecraftError
         try:
@@ -351,9 +354,6 @@ def main() -> None:
         except NoisecraftError as e:
             raise SystemExit(f"the bf16 quality check needs Fashion-MNIST: {e} (or pass --no-quality)")
 
-    # Where the CPU has no bf16 instructions, oneDNN emulates bf16 through fp32, many times slower (the
-    # ceiling below shows by how much): its configurations would take hours and say nothing new.
-    bf16 = cpu_has_bf16() is not False
     names = ["noisecraft", "noisecraft-direct", "noisecraft-bf16", "diffusers", "diffusers-channels_last",
              "diffusers-bf16"]
     if not bf16:
@@ -412,17 +412,17 @@ def main() -> None:
     # Throughput at matched FLOPs: images/s scaled by FLOPs per image, so a residual FLOP difference
     # between the two networks does not count for or against either.
     work = lambda name, key: results[name][key] * flop_of(name)
-    same = lambda key: not key.startswith(("gflops", "ceiling", "peak"))
+    timed = lambda key: not key.startswith(("gflops", "ceiling", "peak"))
     report["ratios"] = {
         f"{mine}/{ref}": {key: work(mine, key) / work(ref, key) for key in results["diffusers"]
-                          if key in results[mine] and same(key)}
+                          if key in results[mine] and timed(key)}
         for mine in ("noisecraft", "noisecraft-direct", "noisecraft-bf16") if mine in results
         for ref in ("diffusers", "diffusers-channels_last")}
     report["ratios"]["noisecraft/noisecraft-direct"] = {      # the Winograd lever alone
-        key: results["noisecraft"][key] / results["noisecraft-direct"][key] for key in results["diffusers"] if same(key)}
+        key: results["noisecraft"][key] / results["noisecraft-direct"][key] for key in results["diffusers"] if timed(key)}
     if bf16:
         report["ratios"]["noisecraft-bf16/diffusers-bf16"] = {
-            key: work("noisecraft-bf16", key) / work("diffusers-bf16", key) for key in results["diffusers"] if same(key)}
+            key: work("noisecraft-bf16", key) / work("diffusers-bf16", key) for key in results["diffusers"] if timed(key)}
     report["ratios"]["noisecraft-compile/noisecraft forward_b16"] = (results["noisecraft-compile"]["forward_b16"]
                                                                      / results["noisecraft"]["forward_b16"])
     if bf16:                                            # both compare bf16 paths

@@ -48,8 +48,7 @@ class Recomputed:
     gradients through the norm (which need the graph). Under the same autocast as the forward pass."""
 
     def __init__(self, inputs: tuple, groups: int, eps: float, act: bool):
-        self.inputs, self.options, self.graph = inputs, (groups, eps), None
-        self.act = act
+        self.inputs, self.options, self.act, self.graph = inputs, (groups, eps), act, None
         device = inputs[0].device.type
         self.autocast = (device, torch.get_autocast_dtype(device), torch.is_autocast_enabled(device))
 
@@ -184,7 +183,8 @@ class AttentionBlock(nn.Module):
                 context_mask: torch.Tensor | None = None) -> torch.Tensor:
         b, c, h, w = x.shape
         if self.self_attention:
-            q, k, v = norm_conv(self.qkv, self.norm, x, act=False).flatten(2).transpose(1, 2).chunk(3, dim=2)  # 3 x (B, HW, C)
+            qkv = norm_conv(self.qkv, self.norm, x, act=False)                    # (B, 3C, H, W)
+            q, k, v = qkv.flatten(2).transpose(1, 2).chunk(3, dim=2)              # 3 x (B, HW, C)
             out = attention(self._heads(q), self._heads(k), self._heads(v))
             x = x + self.proj(out.transpose(1, 2).reshape(b, h * w, c).transpose(1, 2).reshape(b, c, h, w))
         if self.cross is None or context is None:

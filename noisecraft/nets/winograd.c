@@ -120,12 +120,13 @@ static void input_tile(const float *x, grid g, long C, long p, float *dst, long 
     }
 }
 
-/* y[tile p] = A^T m A (+ bias), cropped to the image, for m[a] = src[a * plane + o]. */
-static void output_tile(const float *src, long plane, const float *bias, float *y, grid g, long O, long p) {
+/* Channels ob..oe-1 of y[tile p] = A^T m A (+ bias), cropped to the image, for m[a] = src[a * plane + o]. */
+static void output_tile(const float *src, long plane, const float *bias, float *y, grid g, long O, long p,
+                        long ob, long oe) {
     float t[24 * CB], r[16 * CB];
     long n = p / (g.nH * g.nW), th = p / g.nW % g.nH, tw = p % g.nW;
-    for (long c0 = 0; c0 < O; c0 += CB) {
-        int cb = (int)min_l(CB, O - c0);
+    for (long c0 = ob; c0 < oe; c0 += CB) {
+        int cb = (int)min_l(CB, oe - c0);
         const float *m = src + c0;                                                      /* m[a]: a = i*6+j */
         for (int j = 0; j < 6; j++) at6(m + j * plane, 6 * plane, t + j * CB, 6 * CB, cb);  /* 4 x 6 */
         for (int i = 0; i < 4; i++) at6(t + i * 6 * CB, CB, r + i * 4 * CB, CB, cb);        /* 4 x 4 */
@@ -156,15 +157,15 @@ static void adjoint_tile(const float *e, grid g, long O, long p, float *dst, lon
     }
 }
 
-/* m (TB x O) = v (TB x C) @ u (C x O), O a multiple of VL: RB rows by two vectors of columns in registers
- * through the whole sum over C. */
-static void product(const float *v, const float *u, float *m, long C, long O) {
+/* Columns ob..oe-1 of m (TB x O) = v (TB x C) @ u (C x O), O, ob and oe multiples of VL: RB rows by two
+ * vectors of columns in registers through the whole sum over C. */
+static void product(const float *v, const float *u, float *m, long C, long O, long ob, long oe) {
     for (int r0 = 0; r0 < TB; r0 += RB) {
         const float *vr = v + r0 * C;
-        for (long o0 = 0; o0 < O; o0 += 2 * VL) {
+        for (long o0 = ob; o0 < oe; o0 += 2 * VL) {
             vf acc[RB][2];
             for (int r = 0; r < RB; r++) acc[r][0] = acc[r][1] = (vf){0};
-            if (o0 + VL < O) {
+            if (o0 + VL < oe) {
                 for (long k = 0; k < C; k++) {
                     vf u0 = *(const vf *)(u + k * O + o0), u1 = *(const vf *)(u + k * O + o0 + VL);
                     for (int r = 0; r < RB; r++) {
@@ -243,23 +244,38 @@ static float *scratch_for(long floats_per_thread) {
     return scratch;
 }
 
+/* Into how many column ranges each block's products are split. With few blocks per thread (a batch-1 call
+ * has 1-3) that do not divide among the threads, some threads would idle; splitting each block's output
+ * channels into `parts` ranges makes blocks x parts jobs, a multiple of the thread count, at the cost of
+ * transforming a block's input tiles once per range (each thread's contiguous share of jobs then splits
+ * at most two blocks). Ranges are whole pairs of vectors. */
+static long column_parts(long blocks, long O) {
+    long threads = omp_get_max_threads(), pairs = (O + 2 * VL - 1) / (2 * VL), a = blocks, b = threads;
+    if (blocks >= 4 * threads) return 1;                /* at most a quarter of a block's worth idle */
+    while (b) { long r = a % b; a = b; b = r; }         /* a = gcd(blocks, threads) */
+    return min_l(pairs, threads / a);
+}
+
 /* y (N x H x W x O) = the convolution of x (N x H x W x C) with the filters whose transform is U (36 x C x O),
  * plus the bias (or none, for NULL); O a multiple of VL. */
 void winograd_conv(const float *x, const float *U, const float *bias, float *y, long N, long H, long W, long C,
                    long O) {
     grid g = grid_of(N, H, W);
-    long blocks = (g.P + TB - 1) / TB;
+    long blocks = (g.P + TB - 1) / TB, parts = column_parts(blocks, O);
+    long width = (O / VL + parts - 1) / parts * VL;         /* columns per part, whole vectors */
     long per_thread = 36 * TB * (C + O);                  /* floats: V and M of one block */
     float *buffers = scratch_for(per_thread);
 #pragma omp parallel
     {
         float *V = buffers + omp_get_thread_num() * per_thread, *M = V + 36 * TB * C;
 #pragma omp for schedule(static)
-        for (long blk = 0; blk < blocks; blk++) {
+        for (long job = 0; job < blocks * parts; job++) {
+            long blk = job / parts, ob = job % parts * width, oe = min_l(O, ob + width);
+            if (ob >= oe) continue;
             for (int tt = 0; tt < TB; tt++) input_tile(x, g, C, blk * TB + tt, V + tt * C, TB * C);
-            for (int a = 0; a < 36; a++) product(V + a * TB * C, U + a * C * O, M + a * TB * O, C, O);
+            for (int a = 0; a < 36; a++) product(V + a * TB * C, U + a * C * O, M + a * TB * O, C, O, ob, oe);
             for (int tt = 0; tt < TB && blk * TB + tt < g.P; tt++)
-                output_tile(M + tt * O, TB * O, bias, y, g, O, blk * TB + tt);
+                output_tile(M + tt * O, TB * O, bias, y, g, O, blk * TB + tt, ob, oe);
         }
     }
 }

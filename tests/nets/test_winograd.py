@@ -41,8 +41,11 @@ def _nhwc(*shape):
     return wg.channels_last(torch.randn(*shape))
 
 
+# (1, 32, 48, 16) and (1, 48, 112, 15): one block of tiles, its output channels split among the threads,
+# into ranges of an odd number of vectors.
 @pytest.mark.parametrize("n,c_in,c_out,size", [(16, 64, 64, 32), (4, 128, 128, 16), (3, 32, 48, 13),
-                                               (4, 16, 16, 7), (64, 128, 128, 8), (1, 192, 64, 32)])
+                                               (4, 16, 16, 7), (64, 128, 128, 8), (1, 192, 64, 32),
+                                               (1, 32, 48, 16), (1, 48, 112, 15)])
 def test_forward_matches_the_direct_convolution_to_fp32_rounding(n, c_in, c_out, size):
     conv, x = _conv(c_in, c_out), _nhwc(n, c_in, size, size)      # 13 and 7: edge tiles stick out of the image
     assert wg.applies(conv, x)
@@ -52,8 +55,9 @@ def test_forward_matches_the_direct_convolution_to_fp32_rounding(n, c_in, c_out,
     assert _rel(y, _reference(conv, x)) < PER_LAYER
 
 
-def test_gradients_match_the_direct_convolution():
-    conv, x = _conv(32, 48), _nhwc(3, 32, 13, 13).requires_grad_()
+@pytest.mark.parametrize("n,size", [(3, 13), (1, 16)])
+def test_gradients_match_the_direct_convolution(n, size):
+    conv, x = _conv(32, 48), _nhwc(n, 32, size, size).requires_grad_()
     y = conv(x)
     dy = torch.randn_like(y)
     grads = torch.autograd.grad(y, (x, conv.weight, conv.bias), dy)
