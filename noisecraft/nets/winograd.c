@@ -248,7 +248,7 @@ static float *scratch_for(long floats_per_thread) {
  * has 1-3) that do not divide among the threads, some threads would idle; splitting each block's output
  * channels into `parts` ranges makes blocks x parts jobs, a multiple of the thread count, at the cost of
  * transforming a block's input tiles once per range (each thread's contiguous share of jobs then splits
- * at most two blocks). Ranges are whole pairs of vectors. */
+ * at most two blocks). Ranges are whole vectors, and there are no more of them than pairs of vectors. */
 static long column_parts(long blocks, long O) {
     long threads = omp_get_max_threads(), pairs = (O + 2 * VL - 1) / (2 * VL), a = blocks, b = threads;
     if (blocks >= 4 * threads) return 1;                /* at most a quarter of a block's worth idle */
