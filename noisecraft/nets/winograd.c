@@ -22,8 +22,12 @@
  * Called from noisecraft/nets/winograd.py through ctypes; the pointers are to contiguous float32 buffers.
  */
 #include <omp.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__AVX512BF16__)
+#include <immintrin.h>
+#endif
 
 #define CB 64 /* channels per step of a tile transform: its 6x6xCB buffers stay in the L1 cache */
 #if defined(__AVX512F__)
@@ -36,6 +40,20 @@ typedef float vf __attribute__((vector_size(VL * 4)));
 #define TB (4 * RB)  /* tiles per block: what one thread transforms and multiplies while it is in cache */
 
 static inline long min_l(long a, long b) { return a < b ? a : b; }
+
+/* bfloat16: the upper half of an fp32. Rounded to nearest even, NaN kept a NaN (as PyTorch's .bfloat16()). */
+typedef uint16_t bf16;
+
+static inline float from_bf16(bf16 h) {
+    union { uint32_t u; float f; } v = {(uint32_t)h << 16};
+    return v.f;
+}
+
+static inline bf16 to_bf16(float f) {
+    union { float f; uint32_t u; } v = {f};
+    if ((v.u & 0x7fffffffu) > 0x7f800000u) return (bf16)((v.u >> 16) | 0x40);
+    return (bf16)((v.u + 0x7fffu + ((v.u >> 16) & 1)) >> 16);
+}
 
 /* r = B^T d along one axis, for CB-wide channel vectors d[0..5] (stride s between them). */
 static inline void bt6(const float *d, long s, float *r, long rs, int cb) {
@@ -91,39 +109,74 @@ static grid grid_of(long N, long H, long W) {
 }
 
 /* buf[(i * size + j) * CB + c] = src[pixel (4th + offset + i, 4tw + offset + j) of tile p, channel c0 + c]
- * for the size x size window of tile p, zeros outside the image and for p >= P (a padding tile). */
-static void load_window(const float *src, grid g, long C, long p, int offset, int size, long c0, int cb,
-                        float *buf) {
+ * for the size x size window of tile p, zeros outside the image and for p >= P (a padding tile); src holds
+ * fp32, or bf16 where src_bf16 (widened to fp32 here). */
+static void load_window(const void *src, int src_bf16, grid g, long C, long p, int offset, int size, long c0,
+                        int cb, float *buf) {
     long n = p / (g.nH * g.nW), th = p / g.nW % g.nH, tw = p % g.nW;
     for (int i = 0; i < size; i++) {
         long yy = 4 * th + offset + i;
         for (int j = 0; j < size; j++) {
             long xx = 4 * tw + offset + j;
             float *row = buf + (i * size + j) * CB;
-            if (p >= g.P || yy < 0 || yy >= g.H || xx < 0 || xx >= g.W)
+            long at = ((n * g.H + yy) * g.W + xx) * C + c0;
+            if (p >= g.P || yy < 0 || yy >= g.H || xx < 0 || xx >= g.W) {
                 memset(row, 0, sizeof(float) * cb);
-            else
-                memcpy(row, src + ((n * g.H + yy) * g.W + xx) * C + c0, sizeof(float) * cb);
+            } else if (src_bf16) {
+                const bf16 *s = (const bf16 *)src + at;
+#pragma omp simd
+                for (int c = 0; c < cb; c++) row[c] = from_bf16(s[c]);
+            } else {
+                memcpy(row, (const float *)src + at, sizeof(float) * cb);
+            }
         }
     }
 }
 
-/* dst[a * plane + c] = (B^T d B)[a] for the 6x6 input tile d of tile p (zeros for p >= P: a padding tile). */
-static void input_tile(const float *x, grid g, long C, long p, float *dst, long plane) {
-    float d[36 * CB], t[36 * CB], v[36 * CB];
-    for (long c0 = 0; c0 < C; c0 += CB) {
-        int cb = (int)min_l(CB, C - c0);
-        load_window(x, g, C, p, -1, 6, c0, cb, d);                                       /* padding 1 */
-        for (int j = 0; j < 6; j++) bt6(d + j * CB, 6 * CB, t + j * CB, 6 * CB, cb);     /* columns */
-        for (int i = 0; i < 6; i++) bt6(t + i * 6 * CB, CB, v + i * 6 * CB, CB, cb);     /* rows */
-        for (int a = 0; a < 36; a++) memcpy(dst + a * plane + c0, v + a * CB, sizeof(float) * cb);
+/* dst[at + c * step] = src[c] for c < n, dst holding fp32, or bf16 where dst_bf16 (rounded here). */
+static inline void store(void *dst, int dst_bf16, long at, int step, const float *src, int n) {
+    if (dst_bf16) {
+        bf16 *d = (bf16 *)dst + at;
+        if (step == 1) {
+#pragma omp simd
+            for (int c = 0; c < n; c++) d[c] = to_bf16(src[c]);
+        } else {
+#pragma omp simd
+            for (int c = 0; c < n; c++) d[c * step] = to_bf16(src[c]);
+        }
+    } else if (step == 1) {
+        memcpy((float *)dst + at, src, sizeof(float) * n);
+    } else {
+        for (int c = 0; c < n; c++) ((float *)dst)[at + c * step] = src[c];
     }
 }
 
-/* Channels ob..oe-1 of y[tile p] = A^T m A (+ bias), cropped to the image, for m[a] = src[a * plane + o]. */
-static void output_tile(const float *src, long plane, const float *bias, float *y, grid g, long O, long p,
-                        long ob, long oe) {
-    float t[24 * CB], r[16 * CB];
+/* Where a tile's transform goes in a block's buffer: channel c of position a at dst[at + a * plane + c * step]. */
+typedef struct {
+    void *dst;
+    int bf16;
+    long at, plane;
+    int step;
+} place;
+
+/* (B^T d B)[a] for the 6x6 input tile d of tile p (zeros for p >= P: a padding tile), stored at `to`;
+ * computed in fp32 whatever x and the buffer hold. */
+static void input_tile(const void *x, int x_bf16, grid g, long C, long p, place to) {
+    float d[36 * CB], t[36 * CB], v[36 * CB];
+    for (long c0 = 0; c0 < C; c0 += CB) {
+        int cb = (int)min_l(CB, C - c0);
+        load_window(x, x_bf16, g, C, p, -1, 6, c0, cb, d);                               /* padding 1 */
+        for (int j = 0; j < 6; j++) bt6(d + j * CB, 6 * CB, t + j * CB, 6 * CB, cb);     /* columns */
+        for (int i = 0; i < 6; i++) bt6(t + i * 6 * CB, CB, v + i * 6 * CB, CB, cb);     /* rows */
+        for (int a = 0; a < 36; a++) store(to.dst, to.bf16, to.at + a * to.plane + c0 * to.step, to.step, v + a * CB, cb);
+    }
+}
+
+/* Channels ob..oe-1 of y[tile p] = A^T m A (+ bias), cropped to the image, for m[a] = src[a * plane + o];
+ * y holds fp32, or bf16 where y_bf16. */
+static void output_tile(const float *src, long plane, const float *bias, void *y, int y_bf16, grid g, long O,
+                        long p, long ob, long oe) {
+    float t[24 * CB], r[16 * CB], biased[CB];
     long n = p / (g.nH * g.nW), th = p / g.nW % g.nH, tw = p % g.nW;
     for (long c0 = ob; c0 < oe; c0 += CB) {
         int cb = (int)min_l(CB, oe - c0);
@@ -132,28 +185,27 @@ static void output_tile(const float *src, long plane, const float *bias, float *
         for (int i = 0; i < 4; i++) at6(t + i * 6 * CB, CB, r + i * 4 * CB, CB, cb);        /* 4 x 4 */
         for (int i = 0; i < 4 && 4 * th + i < g.H; i++)
             for (int j = 0; j < 4 && 4 * tw + j < g.W; j++) {
-                float *out = y + ((n * g.H + 4 * th + i) * g.W + 4 * tw + j) * O + c0;
                 const float *res = r + (i * 4 + j) * CB;
                 if (bias) {
 #pragma omp simd
-                    for (int c = 0; c < cb; c++) out[c] = res[c] + bias[c0 + c];
-                } else {
-                    memcpy(out, res, sizeof(float) * cb);
+                    for (int c = 0; c < cb; c++) biased[c] = res[c] + bias[c0 + c];
+                    res = biased;
                 }
+                store(y, y_bf16, ((n * g.H + 4 * th + i) * g.W + 4 * tw + j) * O + c0, 1, res, cb);
             }
     }
 }
 
-/* dst[a * plane + o] = (A e A^T)[a] for the 4x4 tile e of the output gradient at tile p (zeros outside the
- * image): the adjoint of output_tile. */
-static void adjoint_tile(const float *e, grid g, long O, long p, float *dst, long plane) {
+/* (A e A^T)[a] for the 4x4 tile e of the output gradient at tile p (zeros outside the image), stored at
+ * `to`: the adjoint of output_tile. */
+static void adjoint_tile(const void *e, int e_bf16, grid g, long O, long p, place to) {
     float et[16 * CB], t[24 * CB], v[36 * CB];
     for (long c0 = 0; c0 < O; c0 += CB) {
         int cb = (int)min_l(CB, O - c0);
-        load_window(e, g, O, p, 0, 4, c0, cb, et);
+        load_window(e, e_bf16, g, O, p, 0, 4, c0, cb, et);
         for (int j = 0; j < 4; j++) a4(et + j * CB, 4 * CB, t + j * CB, 4 * CB, cb);     /* 6 x 4 */
         for (int i = 0; i < 6; i++) a4(t + i * 4 * CB, CB, v + i * 6 * CB, CB, cb);      /* 6 x 6 */
-        for (int a = 0; a < 36; a++) memcpy(dst + a * plane + c0, v + a * CB, sizeof(float) * cb);
+        for (int a = 0; a < 36; a++) store(to.dst, to.bf16, to.at + a * to.plane + c0 * to.step, to.step, v + a * CB, cb);
     }
 }
 
@@ -256,54 +308,196 @@ static long column_parts(long blocks, long O) {
     return min_l(pairs, threads / a);
 }
 
-/* y (N x H x W x O) = the convolution of x (N x H x W x C) with the filters whose transform is U (36 x C x O),
- * plus the bias (or none, for NULL); O a multiple of VL. */
-void winograd_conv(const float *x, const float *U, const float *bias, float *y, long N, long H, long W, long C,
-                   long O) {
+#if defined(__AVX512BF16__)
+#define RBH 12  /* rows of a bf16 product kept in registers: 24 of the 32 vector registers accumulate */
+
+/* The bf16 products, for CPUs with AVX-512 BF16: columns ob..oe-1 of m (TB x O, fp32) = v (TB x C) @ u, v
+ * and u in bf16, u laid out as (C/2) x O x 2, each output channel's weights for a pair of input channels
+ * side by side. One vdpbf16ps multiplies 16 such pairs by one broadcast pair of v and adds both products
+ * into 16 fp32 sums: twice the fp32 FMA's multiplications per instruction, with the sums kept in fp32. */
+static void product_bf16(const bf16 *v, const bf16 *u, float *m, long C, long O, long ob, long oe) {
+    long K = C / 2;
+    for (int r0 = 0; r0 < TB; r0 += RBH) {
+        const int32_t *vr = (const int32_t *)(v + r0 * C);   /* row r's pair k: vr[r * K + k] */
+        for (long o0 = ob; o0 < oe; o0 += 32) {
+            __m512 acc[RBH][2];
+            for (int r = 0; r < RBH; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+            if (o0 + 16 < oe) {
+                for (long k = 0; k < K; k++) {
+                    __m512bh u0 = (__m512bh)_mm512_load_si512(u + (k * O + o0) * 2);
+                    __m512bh u1 = (__m512bh)_mm512_load_si512(u + (k * O + o0 + 16) * 2);
+                    for (int r = 0; r < RBH; r++) {
+                        __m512bh s = (__m512bh)_mm512_set1_epi32(vr[r * K + k]);
+                        acc[r][0] = _mm512_dpbf16_ps(acc[r][0], s, u0);
+                        acc[r][1] = _mm512_dpbf16_ps(acc[r][1], s, u1);
+                    }
+                }
+                for (int r = 0; r < RBH; r++) {
+                    _mm512_store_ps(m + (r0 + r) * O + o0, acc[r][0]);
+                    _mm512_store_ps(m + (r0 + r) * O + o0 + 16, acc[r][1]);
+                }
+            } else {                                     /* the last single vector of an odd count */
+                for (long k = 0; k < K; k++) {
+                    __m512bh u0 = (__m512bh)_mm512_load_si512(u + (k * O + o0) * 2);
+                    for (int r = 0; r < RBH; r++)
+                        acc[r][0] = _mm512_dpbf16_ps(acc[r][0], (__m512bh)_mm512_set1_epi32(vr[r * K + k]), u0);
+                }
+                for (int r = 0; r < RBH; r++) _mm512_store_ps(m + (r0 + r) * O + o0, acc[r][0]);
+            }
+        }
+    }
+}
+#endif
+
+/* Whether this build has the bf16 products (compiled for a CPU with AVX-512 BF16). */
+int winograd_has_bf16(void) {
+#if defined(__AVX512BF16__)
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+/* y (N x H x W x O) = the convolution of x (N x H x W x C) with the filters whose transform is U, plus the
+ * bias (or none, for NULL); O a multiple of VL. In fp32 (bf16 = 0): U is 36 x C x O fp32. In bf16 (half = 1): U is
+ * 36 x (C/2) x O x 2 bf16 (winograd_pack_bf16), the transformed input tiles are rounded to bf16 for the
+ * products, and the sums, the transforms and the bias stay fp32; x and y hold bf16 where x_bf16 and y_bf16. */
+static void convolve(const void *x, int x_bf16, const void *U, int half, const float *bias, void *y, int y_bf16,
+                     long N, long H, long W, long C, long O) {
     grid g = grid_of(N, H, W);
     long blocks = (g.P + TB - 1) / TB, parts = column_parts(blocks, O);
     long width = (O / VL + parts - 1) / parts * VL;         /* columns per part, whole vectors */
-    long per_thread = 36 * TB * (C + O);                  /* floats: V and M of one block */
+    long v_floats = half ? 36 * TB * C / 2 : 36 * TB * C;
+    long per_thread = v_floats + 36 * TB * O;               /* floats: V and M of one block */
     float *buffers = scratch_for(per_thread);
 #pragma omp parallel
     {
-        float *V = buffers + omp_get_thread_num() * per_thread, *M = V + 36 * TB * C;
+        float *V = buffers + omp_get_thread_num() * per_thread, *M = V + v_floats;
+        bf16 *Vh = (bf16 *)V;                               /* V, when it holds bf16 */
 #pragma omp for schedule(static)
         for (long job = 0; job < blocks * parts; job++) {
             long blk = job / parts, ob = job % parts * width, oe = min_l(O, ob + width);
             if (ob >= oe) continue;
-            for (int tt = 0; tt < TB; tt++) input_tile(x, g, C, blk * TB + tt, V + tt * C, TB * C);
-            for (int a = 0; a < 36; a++) product(V + a * TB * C, U + a * C * O, M + a * TB * O, C, O, ob, oe);
+            for (int tt = 0; tt < TB; tt++)
+                input_tile(x, x_bf16, g, C, blk * TB + tt, (place){V, half, tt * C, TB * C, 1});
+            for (int a = 0; a < 36; a++) {
+#if defined(__AVX512BF16__)
+                if (half) {
+                    product_bf16(Vh + a * TB * C, (const bf16 *)U + a * C * O, M + a * TB * O, C, O, ob, oe);
+                    continue;
+                }
+#endif
+                product(V + a * TB * C, (const float *)U + a * C * O, M + a * TB * O, C, O, ob, oe);
+            }
             for (int tt = 0; tt < TB && blk * TB + tt < g.P; tt++)
-                output_tile(M + tt * O, TB * O, bias, y, g, O, blk * TB + tt, ob, oe);
+                output_tile(M + tt * O, TB * O, bias, y, y_bf16, g, O, blk * TB + tt, ob, oe);
         }
     }
 }
 
+void winograd_conv(const float *x, const float *U, const float *bias, float *y, long N, long H, long W, long C,
+                   long O) {
+    convolve(x, 0, U, 0, bias, y, 0, N, H, W, C, O);
+}
+
+/* The bf16 convolution (see convolve); returns 0 without doing anything where winograd_has_bf16() is 0. */
+int winograd_conv_bf16(const void *x, int x_bf16, const bf16 *U, const float *bias, void *y, int y_bf16, long N,
+                       long H, long W, long C, long O) {
+    if (!winograd_has_bf16()) return 0;
+    convolve(x, x_bf16, U, 1, bias, y, y_bf16, N, H, W, C, O);
+    return 1;
+}
+
+/* Ub (36 x (C/2) x O x 2, bf16) = U (36 x C x O, fp32) rounded, input channels 2k and 2k+1 side by side for
+ * each output channel (the layout of product_bf16); C even. */
+void winograd_pack_bf16(const float *U, bf16 *Ub, long C, long O) {
+#pragma omp parallel for schedule(static)
+    for (long ak = 0; ak < 36 * C / 2; ak++) {
+        const float *u0 = U + 2 * ak * O, *u1 = u0 + O;    /* rows 2k and 2k+1 of position a */
+        bf16 *dst = Ub + 2 * ak * O;
+#pragma omp simd
+        for (long o = 0; o < O; o++) {
+            dst[2 * o] = to_bf16(u0[o]);
+            dst[2 * o + 1] = to_bf16(u1[o]);
+        }
+    }
+}
+
+#if defined(__AVX512BF16__)
+#define RU 8  /* rows of u kept in registers by accumulate_bf16 */
+
+/* accumulate() with bf16 products: u (C x O, fp32) += v^T e for v (TB x C) and e (TB x O) in bf16, each laid
+ * out with consecutive tiles side by side, v as (TB/2) x C x 2 and e as (TB/2) x O x 2, so that one
+ * vdpbf16ps adds the products of two tiles; C a multiple of RU, O of 16. */
+static void accumulate_bf16(const bf16 *v, const bf16 *e, float *u, long C, long O) {
+    const int32_t *vp = (const int32_t *)v;                   /* tile pair k of channel c: vp[k * C + c] */
+    for (long c0 = 0; c0 < C; c0 += RU) {
+        for (long o0 = 0; o0 < O; o0 += 32) {
+            float *ur = u + c0 * O + o0;
+            int two = o0 + 16 < O;                            /* two vectors of columns, or the last one */
+            __m512 acc[RU][2];
+            for (int r = 0; r < RU; r++) {
+                acc[r][0] = _mm512_load_ps(ur + r * O);
+                acc[r][1] = two ? _mm512_load_ps(ur + r * O + 16) : _mm512_setzero_ps();
+            }
+            for (int k = 0; k < TB / 2; k++) {
+                __m512bh e0 = (__m512bh)_mm512_load_si512(e + (k * O + o0) * 2);
+                __m512bh e1 = two ? (__m512bh)_mm512_load_si512(e + (k * O + o0 + 16) * 2) : e0;
+                for (int r = 0; r < RU; r++) {
+                    __m512bh s = (__m512bh)_mm512_set1_epi32(vp[k * C + c0 + r]);
+                    acc[r][0] = _mm512_dpbf16_ps(acc[r][0], s, e0);
+                    if (two) acc[r][1] = _mm512_dpbf16_ps(acc[r][1], s, e1);
+                }
+            }
+            for (int r = 0; r < RU; r++) {
+                _mm512_store_ps(ur + r * O, acc[r][0]);
+                if (two) _mm512_store_ps(ur + r * O + 16, acc[r][1]);
+            }
+        }
+    }
+}
+#endif
+
 /* dU (36 x C x O) = sum over tiles of V[a]^T (A e A^T)[a], V[a] = (B^T d B)[a]: the gradient of U for the
- * output gradient e (N x H x W x O) and the input x (N x H x W x C); C a multiple of 4, O of VL. Each thread
- * sums its blocks of tiles into its own dU, and the threads' sums are added at the end. */
-void winograd_filter_grad(const float *x, const float *e, float *dU, long N, long H, long W, long C, long O) {
+ * output gradient e (N x H x W x O) and the input x (N x H x W x C), each fp32 or (x_bf16, e_bf16) bf16; the
+ * transforms and sums in fp32, the products in fp32 or, where half (and winograd_has_bf16()), of the
+ * transforms rounded to bf16. C a multiple of 16, O of VL. Each thread sums its blocks of tiles into its own
+ * dU, and the threads' sums are added at the end. Returns 0, doing nothing, for half without bf16 products. */
+int winograd_filter_grad(const void *x, int x_bf16, const void *e, int e_bf16, int half, float *dU, long N,
+                         long H, long W, long C, long O) {
+    if (half && !winograd_has_bf16()) return 0;
     grid g = grid_of(N, H, W);
     long blocks = (g.P + TB - 1) / TB;
     memset(dU, 0, sizeof(float) * 36 * C * O);
-    long per_thread = 36 * (TB * (C + O) + C * O);        /* floats: V and E of one block, the thread's dU */
+    long v_floats = (half ? 18 : 36) * TB * C, e_floats = (half ? 18 : 36) * TB * O;
+    long per_thread = v_floats + e_floats + 36 * C * O;   /* floats: V and E of one block, the thread's dU */
     float *buffers = scratch_for(per_thread);
 #pragma omp parallel
     {
-        float *V = buffers + omp_get_thread_num() * per_thread, *E = V + 36 * TB * C, *sum = E + 36 * TB * O;
+        float *V = buffers + omp_get_thread_num() * per_thread, *E = V + v_floats, *sum = E + e_floats;
         memset(sum, 0, sizeof(float) * 36 * C * O);
 #pragma omp for schedule(static)
         for (long blk = 0; blk < blocks; blk++) {
-            for (int tt = 0; tt < TB; tt++) {
-                input_tile(x, g, C, blk * TB + tt, V + tt * C, TB * C);
-                adjoint_tile(e, g, O, blk * TB + tt, E + tt * O, TB * O);
+            for (int tt = 0; tt < TB; tt++) {       /* bf16: tiles 2k and 2k+1 side by side (accumulate_bf16) */
+                place v = half ? (place){V, 1, tt / 2 * 2 * C + tt % 2, TB * C, 2} : (place){V, 0, tt * C, TB * C, 1};
+                place u = half ? (place){E, 1, tt / 2 * 2 * O + tt % 2, TB * O, 2} : (place){E, 0, tt * O, TB * O, 1};
+                input_tile(x, x_bf16, g, C, blk * TB + tt, v);
+                adjoint_tile(e, e_bf16, g, O, blk * TB + tt, u);
             }
-            for (int a = 0; a < 36; a++) accumulate(V + a * TB * C, E + a * TB * O, sum + a * C * O, C, O);
+            for (int a = 0; a < 36; a++) {
+#if defined(__AVX512BF16__)
+                if (half) {
+                    accumulate_bf16((bf16 *)V + a * TB * C, (bf16 *)E + a * TB * O, sum + a * C * O, C, O);
+                    continue;
+                }
+#endif
+                accumulate(V + a * TB * C, E + a * TB * O, sum + a * C * O, C, O);
+            }
         }
 #pragma omp critical
         for (long i = 0; i < 36 * C * O; i++) dU[i] += sum[i];
     }
+    return 1;
 }
 
 /* U[a][c][o] = (G g G^T)[a] for the filters g = w[o][c] (w: O x C x 3 x 3), VL filters (consecutive o) at a

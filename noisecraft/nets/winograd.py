@@ -43,6 +43,8 @@ CFLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
 MIN_TILES = 16               # below this many 4x4 tiles per call, oneDNN's direct convolution was faster
 CACHE_BELOW_TILES = 256      # with fewer tiles, the filter transform costs over ~2% of a call: keep it
 CHANNEL_MULTIPLE = 16        # input and output channels: whole vectors of the widest SIMD (AVX-512)
+HALF_INPUTS = (torch.float32, torch.bfloat16)   # what the bf16 path reads and writes
+NO_BF16 = "the Winograd kernels were built without bf16 products (this CPU has no AVX-512 BF16)"
 
 _state = {"lib": None, "tried": False, "enabled": True}
 _build_lock = threading.Lock()
@@ -103,11 +105,20 @@ def load() -> ctypes.CDLL | None:
         warnings.warn(f"noisecraft: the Winograd convolution kernels could not be built ({reason}); 3x3 "
                       "convolutions use PyTorch's, slower in fp32 on the CPU", RuntimeWarning, stacklevel=3)
         return None
-    long, ptr = ctypes.c_long, ctypes.c_void_p
+    long, ptr, flag = ctypes.c_long, ctypes.c_void_p, ctypes.c_int
     lib.winograd_conv.argtypes = [ptr, ptr, ptr, ptr] + [long] * 5
-    lib.winograd_filter_grad.argtypes = [ptr, ptr, ptr] + [long] * 5
+    lib.winograd_conv_bf16.argtypes = [ptr, flag, ptr, ptr, ptr, flag] + [long] * 5
+    lib.winograd_filter_grad.argtypes = [ptr, flag, ptr, flag, flag, ptr] + [long] * 5
     lib.winograd_filter.argtypes = lib.winograd_filter_adjoint.argtypes = [ptr, ptr, long, long]
+    lib.winograd_pack_bf16.argtypes = [ptr, ptr, long, long]
+    lib.winograd_has_bf16.argtypes = []
     return lib
+
+
+def has_bf16() -> bool:
+    """Whether the kernels were built with the bf16 products (a CPU with AVX-512 BF16)."""
+    lib = library()
+    return lib is not None and bool(lib.winograd_has_bf16())
 
 
 @contextlib.contextmanager
@@ -130,11 +141,21 @@ def channels_last(t: torch.Tensor) -> torch.Tensor:
 
 
 def filter_transform(weight: torch.Tensor) -> torch.Tensor:
-    """(O, C, 3, 3) -> U (36, C, O): G g G^T for every filter g."""
+    """(O, C, 3, 3) -> U (36, C, O): G g G^T for every filter g, in fp32."""
     o, c = weight.shape[:2]
-    w, u = weight.detach().contiguous(), torch.empty(36, c, o)     # w named: it must outlive the call
+    w, u = weight.detach().float().contiguous(), torch.empty(36, c, o)     # w named: it must outlive the call
     library().winograd_filter(w.data_ptr(), u.data_ptr(), c, o)
     return u
+
+
+def filter_transform_bf16(weight: torch.Tensor) -> torch.Tensor:
+    """(O, C, 3, 3) -> U (36, C/2, O, 2) in bf16: G g G^T computed in fp32, rounded, and laid out with each
+    output channel's weights for input channels 2k and 2k+1 side by side (the bf16 products' layout)."""
+    u = filter_transform(weight)
+    c, o = u.shape[1:]
+    packed = torch.empty(36, c // 2, o, 2, dtype=torch.bfloat16)
+    library().winograd_pack_bf16(u.data_ptr(), packed.data_ptr(), c, o)
+    return packed
 
 
 def filter_adjoint(du: torch.Tensor) -> torch.Tensor:
@@ -160,17 +181,42 @@ def convolve(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None) -> tor
     return y
 
 
-def filter_grad(x: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
+def convolve_bf16(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:
+    """convolve() with bf16 products: x (N, C, H, W) channels_last in fp32 or bf16, U (36, C/2, O, 2) from
+    filter_transform_bf16, an fp32 bias; the transforms and sums run in fp32, the output is out_dtype."""
+    n, c, h, w = x.shape
+    if not (x.is_contiguous(memory_format=torch.channels_last) and x.dtype in HALF_INPUTS and u.is_contiguous()
+            and u.dtype == torch.bfloat16 and u.shape[:2] == (36, c // 2) and u.shape[3] == 2 and c % 2 == 0
+            and u.shape[2] % CHANNEL_MULTIPLE == 0 and u.data_ptr() % 64 == 0 and out_dtype in HALF_INPUTS
+            and (bias is None or (bias.dtype == torch.float32 and bias.is_contiguous()))):
+        raise ValueError(f"convolve_bf16() takes a channels_last fp32 or bf16 (N, C, H, W), a 64-byte aligned bf16 "
+                         f"(36, C/2, O, 2) U, O a multiple of {CHANNEL_MULTIPLE}, and an fp32 bias: got "
+                         f"{tuple(x.shape)} {x.dtype} and {tuple(u.shape)} {u.dtype}")
+    o = u.shape[2]
+    y = torch.empty(n, o, h, w, dtype=out_dtype, memory_format=torch.channels_last)
+    done = library().winograd_conv_bf16(x.data_ptr(), x.dtype == torch.bfloat16, u.data_ptr(),
+                                        None if bias is None else bias.data_ptr(), y.data_ptr(),
+                                        out_dtype == torch.bfloat16, n, h, w, c, o)
+    if not done:
+        raise RuntimeError(NO_BF16)
+    return y
+
+
+def filter_grad(x: torch.Tensor, dy: torch.Tensor, bf16_products: bool = False) -> torch.Tensor:
     """dU (36, C, O) = sum over tiles of V[a]^T (A dY A^T)[a]: the gradient of U, from the layer's input and
-    output gradient (both channels_last), fused per block of tiles like convolve()."""
+    output gradient (both channels_last, each fp32 or bf16), fused per block of tiles like convolve(); the
+    transforms and sums in fp32, the products in fp32 or, with bf16_products, of the transforms rounded to bf16."""
     n, c, h, w = x.shape
     if not (x.is_contiguous(memory_format=torch.channels_last) and dy.is_contiguous(memory_format=torch.channels_last)
-            and x.dtype == dy.dtype == torch.float32 and c % CHANNEL_MULTIPLE == 0
+            and x.dtype in HALF_INPUTS and dy.dtype in HALF_INPUTS and c % CHANNEL_MULTIPLE == 0
             and dy.shape[1] % CHANNEL_MULTIPLE == 0 and dy.shape[::2] == x.shape[::2] and dy.shape[3] == w):
-        raise ValueError(f"filter_grad() takes channels_last fp32 x and dY of one image size, channels multiples of "
-                         f"{CHANNEL_MULTIPLE}: got {tuple(x.shape)} and {tuple(dy.shape)}")
+        raise ValueError(f"filter_grad() takes channels_last fp32 or bf16 x and dY of one image size, channels "
+                         f"multiples of {CHANNEL_MULTIPLE}: got {tuple(x.shape)} and {tuple(dy.shape)}")
     du = torch.empty(36, c, dy.shape[1])
-    library().winograd_filter_grad(x.data_ptr(), dy.data_ptr(), du.data_ptr(), n, h, w, c, dy.shape[1])
+    if not library().winograd_filter_grad(x.data_ptr(), x.dtype == torch.bfloat16, dy.data_ptr(),
+                                          dy.dtype == torch.bfloat16, bf16_products, du.data_ptr(), n, h, w, c,
+                                          dy.shape[1]):
+        raise RuntimeError(NO_BF16)
     return du
 
 
@@ -189,14 +235,14 @@ def _(x, weight, bias):
 
 
 @torch.library.custom_op("noisecraft::winograd_conv3x3_weight_grad", mutates_args=())
-def weight_grad_op(x: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
-    """dW = G^T dU G, dU[a] = sum over tiles of V[a]^T (A dY A^T)[a]."""
-    return filter_adjoint(filter_grad(channels_last(x), channels_last(dy)))
+def weight_grad_op(x: torch.Tensor, dy: torch.Tensor, bf16_products: bool) -> torch.Tensor:
+    """dW = G^T dU G, dU[a] = sum over tiles of V[a]^T (A dY A^T)[a] (filter_grad), in fp32."""
+    return filter_adjoint(filter_grad(channels_last(x), channels_last(dy), bf16_products))
 
 
 @weight_grad_op.register_fake
-def _(x, dy):
-    return torch.empty(dy.shape[1], x.shape[1], 3, 3, dtype=x.dtype, device=x.device)
+def _(x, dy, bf16_products):
+    return torch.empty(dy.shape[1], x.shape[1], 3, 3, dtype=torch.float32, device=x.device)
 
 
 def _op_setup(ctx, inputs, output):
@@ -208,7 +254,7 @@ def _op_backward(ctx, dy):
     x, weight = ctx.saved_tensors
     dy = channels_last(dy)           # once for both gradients (a slice of a concatenation's gradient is neither layout)
     dx = conv3x3_op(dy, weight.flip(2, 3).transpose(0, 1), None) if ctx.needs_input_grad[0] else None
-    dw = weight_grad_op(x, dy) if ctx.needs_input_grad[1] else None
+    dw = weight_grad_op(x, dy, False) if ctx.needs_input_grad[1] else None
     db = dy.sum((0, 2, 3)) if ctx.has_bias and ctx.needs_input_grad[2] else None
     return dx, dw, db
 
@@ -216,15 +262,55 @@ def _op_backward(ctx, dy):
 conv3x3_op.register_autograd(_op_backward, setup_context=_op_setup)
 
 
-def applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
-    """Whether the fast path runs this call (see the module's docstring)."""
+@torch.library.custom_op("noisecraft::winograd_conv3x3_bf16", mutates_args=())
+def conv3x3_bf16_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, bf16_out: bool) -> torch.Tensor:
+    """conv3x3_op with bf16 products (convolve_bf16); the output is bf16 (as autocast's convolution) where
+    bf16_out, else fp32. The gradients: dX by the same kernel, in x's dtype; dW summed in fp32."""
+    return convolve_bf16(channels_last(x), filter_transform_bf16(weight), None if bias is None else bias.float(),
+                         torch.bfloat16 if bf16_out else torch.float32)
+
+
+@conv3x3_bf16_op.register_fake
+def _(x, weight, bias, bf16_out):
+    return torch.empty(x.shape[0], weight.shape[0], *x.shape[2:], dtype=torch.bfloat16 if bf16_out else torch.float32,
+                       device=x.device, memory_format=torch.channels_last)
+
+
+def _bf16_op_backward(ctx, dy):
+    x, weight = ctx.saved_tensors
+    dy = channels_last(dy)
+    dx = (conv3x3_bf16_op(dy, weight.flip(2, 3).transpose(0, 1), None, x.dtype == torch.bfloat16)
+          if ctx.needs_input_grad[0] else None)
+    dw = weight_grad_op(x, dy, True).to(weight.dtype) if ctx.needs_input_grad[1] else None
+    # The bias gradient summed in fp32 and rounded to bf16, as autocast's convolution gives it (asking sum() for
+    # an fp32 result converts all of dY first: 10% of a bf16 training step).
+    db = dy.sum((0, 2, 3)).float() if ctx.has_bias and ctx.needs_input_grad[2] else None
+    return dx, dw, db, None
+
+
+conv3x3_bf16_op.register_autograd(_bf16_op_backward, setup_context=_op_setup)
+
+
+def _shape_fits(conv: nn.Conv2d, x: torch.Tensor) -> bool:
     c_out, c_in = conv.weight.shape[:2]
-    return (_state["enabled"] and x.device.type == "cpu" and x.dtype == conv.weight.dtype == torch.float32
-            and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+    return (_state["enabled"] and x.device.type == "cpu" and x.dim() == 4
+            and x.is_contiguous(memory_format=torch.channels_last)
             and c_in % CHANNEL_MULTIPLE == 0 and c_out % CHANNEL_MULTIPLE == 0
             and tiles(x.shape[0], x.shape[2], x.shape[3]) >= MIN_TILES
-            and not torch.is_autocast_enabled("cpu")
             and (_state["lib"] is not None if torch.compiler.is_compiling() else library() is not None))
+
+
+def applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
+    """Whether the fp32 fast path runs this call (see the module's docstring)."""
+    return (x.dtype == conv.weight.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+            and _shape_fits(conv, x))
+
+
+def applies_bf16(conv: nn.Conv2d, x: torch.Tensor) -> bool:
+    """Whether the bf16 fast path runs this call: under CPU bf16 autocast, with the bf16 products built."""
+    return (torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+            and x.dtype in HALF_INPUTS and conv.weight.dtype in HALF_INPUTS and _shape_fits(conv, x)
+            and bool(_state["lib"].winograd_has_bf16()))
 
 
 class Conv3x3(nn.Conv2d):
@@ -240,21 +326,25 @@ class Conv3x3(nn.Conv2d):
     def __getstate__(self):                    # copies and pickles start without the cache (a weak reference)
         return {**self.__dict__, "_filters": (None, None)}
 
-    def transformed(self, n_tiles: int) -> torch.Tensor:
+    def transformed(self, n_tiles: int, transform=filter_transform) -> torch.Tensor:
         if n_tiles >= CACHE_BELOW_TILES:
-            return filter_transform(self.weight)
+            return transform(self.weight)
         w = self.weight
         key, u = self._filters
-        if key is None or key[0]() is not w or key[1:] != (w.data_ptr(), w._version):
-            u = filter_transform(w)
-            self._filters = ((weakref.ref(w), w.data_ptr(), w._version), u)
+        if key is None or key[0]() is not w or key[1:] != (w.data_ptr(), w._version, transform):
+            u = transform(w)
+            self._filters = ((weakref.ref(w), w.data_ptr(), w._version, transform), u)
         return u
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not applies(self, x):
+        half = applies_bf16(self, x)
+        if not (half or applies(self, x)):
             return F.conv2d(x, self.weight, self.bias, padding=1)
         training = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
-        if training or torch.compiler.is_compiling():
-            return conv3x3_op(x, self.weight, self.bias)         # the filters transformed inside, every call
-        u = self.transformed(tiles(x.shape[0], x.shape[2], x.shape[3]))
-        return convolve(x, u, None if self.bias is None else self.bias.detach())
+        if training or torch.compiler.is_compiling():              # the filters transformed inside, every call
+            return conv3x3_bf16_op(x, self.weight, self.bias, True) if half else conv3x3_op(x, self.weight, self.bias)
+        n_tiles = tiles(x.shape[0], x.shape[2], x.shape[3])
+        bias = None if self.bias is None else self.bias.detach().float()
+        if half:
+            return convolve_bf16(x, self.transformed(n_tiles, filter_transform_bf16), bias, torch.bfloat16)
+        return convolve(x, self.transformed(n_tiles), bias)
