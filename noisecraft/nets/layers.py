@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from noisecraft.nets import norm_act as kernels
 from noisecraft.nets.winograd import Conv3x3
 
 
@@ -55,6 +56,9 @@ class Recomputed:
     def compute(self, x, weight, bias, scale, shift) -> torch.Tensor:
         return norm_act(x, weight, bias, *self.options, scale, shift, self.act)
 
+    def activation(self) -> torch.Tensor:
+        return self.activation_graph()[1].detach()
+
     def activation_graph(self) -> tuple[list, torch.Tensor]:
         if self.graph is None:
             device, dtype, enabled = self.autocast
@@ -93,12 +97,18 @@ def norm_conv(conv: nn.Module, norm: nn.GroupNorm, x: torch.Tensor, scale: torch
     a few percent of the convolution's cost); the gradients are the same numbers. An active dropout keeps its
     output, as before. torch.compile's partitioner makes such choices itself, so compiled graphs run the ops."""
     inputs = (x, norm.weight, norm.bias, scale, shift)
+    options = (norm.num_groups, norm.eps)
+    fused = kernels.applies(x, norm.weight, norm.bias, norm.num_groups, scale)   # one compiled kernel (CPU)
     if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)) \
             or torch.compiler.is_compiling():
-        a = norm_act(x, norm.weight, norm.bias, norm.num_groups, norm.eps, scale, shift, act)
+        a = (kernels.norm_act if fused else norm_act)(x, norm.weight, norm.bias, *options, scale, shift, act)
         return conv(a if dropout is None else dropout(a))
-    recomputed = Recomputed(inputs, norm.num_groups, norm.eps, act)
-    a = NormAct.apply(recomputed, *inputs)
+    if fused:
+        recomputed = kernels.Statistics(*inputs, *options, act, kernels.output_dtype(x))
+        a = kernels.NormActFunction.apply(recomputed, *inputs)
+    else:
+        recomputed = Recomputed(inputs, *options, act)
+        a = NormAct.apply(recomputed, *inputs)
     b = a if dropout is None else dropout(a)
 
     key = _identity(a)            # not `a` itself: autograd keeps the pack hook as long as what it saved
@@ -107,7 +117,7 @@ def norm_conv(conv: nn.Module, norm: nn.GroupNorm, x: torch.Tensor, scale: torch
         return recomputed if _identity(t) == key else t
 
     def unpack(t):
-        return t.activation_graph()[1].detach() if t is recomputed else t
+        return t.activation() if t is recomputed else t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
         return conv(b)

@@ -38,7 +38,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-SOURCE = Path(__file__).with_name("winograd.c")
+# The compiled kernels: these 3x3 convolutions and GroupNorm + SiLU (norm_act.c, noisecraft/nets/norm_act.py),
+# built into one library.
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("winograd.c", "norm_act.c", "kernels.h"))
 CFLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
 MIN_TILES = 16               # below this many 4x4 tiles per call, oneDNN's direct convolution was faster
 CACHE_BELOW_TILES = 256      # with fewer tiles, the filter transform costs over ~2% of a call: keep it
@@ -61,18 +63,19 @@ def machine_key() -> str:
     cpu = ""
     with contextlib.suppress(OSError):
         cpu = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
-    key = SOURCE.read_bytes() + " ".join(CFLAGS).encode() + platform.machine().encode() + cpu.encode()
+    key = b"".join(p.read_bytes() for p in SOURCES) + " ".join(CFLAGS).encode() + platform.machine().encode() + cpu.encode()
     return hashlib.sha256(key).hexdigest()[:16]
 
 
 def build(target: Path) -> None:
-    """Compile winograd.c into `target`, atomically (a half-written library is never left there)."""
+    """Compile the kernels into `target`, atomically (a half-written library is never left there)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".so.tmp")
     os.close(fd)
     try:
         cc = os.environ.get("CC", "cc")
-        subprocess.run([cc, *CFLAGS, str(SOURCE), "-o", tmp], check=True, capture_output=True, timeout=120)
+        sources = [str(p) for p in SOURCES if p.suffix == ".c"]
+        subprocess.run([cc, *CFLAGS, *sources, "-o", tmp], check=True, capture_output=True, timeout=120)
         os.replace(tmp, target)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -112,6 +115,11 @@ def load() -> ctypes.CDLL | None:
     lib.winograd_filter.argtypes = lib.winograd_filter_adjoint.argtypes = [ptr, ptr, long, long]
     lib.winograd_pack_bf16.argtypes = [ptr, ptr, long, long]
     lib.winograd_has_bf16.argtypes = []
+    dbl = ctypes.c_double
+    lib.norm_act_forward.argtypes = [ptr, flag] + [long] * 4 + [dbl] + [ptr] * 4 + [flag, ptr, flag, ptr, ptr]
+    lib.norm_act_apply.argtypes = [ptr, flag] + [long] * 4 + [ptr] * 6 + [flag, ptr, flag]
+    lib.norm_act_backward.argtypes = ([ptr, flag, ptr, flag] + [long] * 4 + [ptr] * 6 + [flag, ptr, flag]
+                                      + [ptr] * 4)
     return lib
 
 
@@ -307,10 +315,11 @@ def applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
 
 
 def applies_bf16(conv: nn.Conv2d, x: torch.Tensor) -> bool:
-    """Whether the bf16 fast path runs this call: under CPU bf16 autocast, with the bf16 products built."""
-    return (torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
-            and x.dtype in HALF_INPUTS and conv.weight.dtype in HALF_INPUTS and _shape_fits(conv, x)
-            and bool(_state["lib"].winograd_has_bf16()))
+    """Whether the bf16 fast path runs this call: eager, under CPU bf16 autocast, with the bf16 products built
+    (a compiled graph keeps inductor's own bf16 convolutions)."""
+    return (not torch.compiler.is_compiling() and torch.is_autocast_enabled("cpu")
+            and torch.get_autocast_dtype("cpu") == torch.bfloat16 and x.dtype in HALF_INPUTS
+            and conv.weight.dtype in HALF_INPUTS and _shape_fits(conv, x) and has_bf16())
 
 
 class Conv3x3(nn.Conv2d):
@@ -341,8 +350,10 @@ class Conv3x3(nn.Conv2d):
         if not (half or applies(self, x)):
             return F.conv2d(x, self.weight, self.bias, padding=1)
         training = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
-        if training or torch.compiler.is_compiling():              # the filters transformed inside, every call
-            return conv3x3_bf16_op(x, self.weight, self.bias, True) if half else conv3x3_op(x, self.weight, self.bias)
+        if half and training:                                       # the filters transformed inside, every call
+            return conv3x3_bf16_op(x, self.weight, self.bias, True)
+        if training or torch.compiler.is_compiling():
+            return conv3x3_op(x, self.weight, self.bias)
         n_tiles = tiles(x.shape[0], x.shape[2], x.shape[3])
         bias = None if self.bias is None else self.bias.detach().float()
         if half:
