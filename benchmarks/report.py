@@ -306,6 +306,15 @@ def speed_section() -> list[str]:
                 "| tokens x heads | fused (ms) | explicit (ms) | speed-up |", "|---|---|---|---|"]
         for a in lv["attention_bf16_train"]:
             out.append(f"| {a['tokens']} x {a['heads']} | {a['fused_ms']:.1f} | {a['explicit_ms']:.1f} | {a['speedup']:.2f}x |")
+        if "kernels" in lv:
+            names = {"winograd_bf16": "bf16 Winograd products (off: oneDNN's direct bf16 convolutions)",
+                     "norm_act": "fused GroupNorm + SiLU (off: the ops one by one)"}
+            out += ["", "The compiled kernels on and off in one process, alternating (images/s, best of 2 rounds):", "",
+                    "| kernel | precision | forward b16 on / off | train b32 on / off |", "|---|---|---|---|"]
+            for k in lv["kernels"]:
+                f, t = k["forward_b16"], k["train_b32"]
+                out.append(f"| {names[k['lever']]} | {k['precision']} | {f['on']:.1f} / {f['off']:.1f} "
+                           f"({f['speedup']:.2f}x) | {t['on']:.1f} / {t['off']:.1f} ({t['speedup']:.2f}x) |")
     if "presets" in r:
         out += ["", "The shipped models' 32-channel presets, fp32 against bf16 (images/s):", "",
                 "| preset | forward b64 fp32 | bf16 | train b32 fp32 | bf16 |", "|---|---|---|---|---|"]

@@ -52,7 +52,7 @@ from noisecraft.device import cpu_has_bf16, speed_up
 from noisecraft.io import atomic_write_json
 from noisecraft.models import DiffusionModel, ModelConfig
 from noisecraft.nets import PRESETS
-from noisecraft.nets import winograd
+from noisecraft.nets import norm_act, winograd
 from noisecraft.nets.layers import attention
 
 ROOT = Path(__file__).resolve().parent
@@ -207,7 +207,8 @@ def ceiling(repeats: int, bf16: bool = True) -> dict:
 # -- the levers one at a time ---------------------------------------------------------------------------------------
 def levers(repeats: int) -> dict:
     """The fused attention kernel against the explicit product in a bf16 training step (forward and
-    backward) at the preset's attention shapes (batch 32): why bf16 training uses the explicit one."""
+    backward) at the preset's attention shapes (batch 32): why bf16 training uses the explicit one; and the
+    compiled kernels (kernel_levers)."""
     out = {"attention_bf16_train": []}
     cfg = PRESETS[PRESET]
     for res in cfg.attn_resolutions:
@@ -223,6 +224,27 @@ def levers(repeats: int) -> dict:
         fused, explicit = best_seconds(lambda: step(True), repeats), best_seconds(lambda: step(False), repeats)
         out["attention_bf16_train"].append({"tokens": n, "heads": heads, "fused_ms": fused * 1e3,
                                             "explicit_ms": explicit * 1e3, "speedup": fused / explicit})
+    out["kernels"] = kernel_levers(repeats)
+    return out
+
+
+def kernel_levers(repeats: int, rounds: int = 2) -> list:
+    """The compiled kernels on and off in one process, alternating, best of `rounds`: the bf16 Winograd
+    products (off: oneDNN's direct bf16 convolutions) and the fused GroupNorm + SiLU (off: the ops one by one),
+    on the forward at batch 16 and the training step at batch 32."""
+    out = []
+    for precision, lever, switch in (("bf16", "winograd_bf16", winograd.disabled), ("fp32", "norm_act", norm_act.disabled),
+                                     ("bf16", "norm_act", norm_act.disabled)):
+        row = {"precision": precision, "lever": lever}
+        for key, batch, fn in (("forward_b16", 16, forward_fn(noisecraft_model(precision), 16)),
+                               ("train_b32", TRAIN_BATCH, train_fn(noisecraft_model(precision), TRAIN_BATCH))):
+            on = off = float("inf")
+            for _ in range(rounds):
+                on = min(on, best_seconds(fn, repeats))
+                with switch():
+                    off = min(off, best_seconds(fn, repeats))
+            row[key] = {"on": batch / on, "off": batch / off, "speedup": off / on}
+        out.append(row)
     return out
 
 

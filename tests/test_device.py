@@ -15,7 +15,9 @@ from noisecraft.device import autocast, check_precision, speed_up
 from noisecraft.models import DiffusionModel, ModelConfig
 from noisecraft.nets import PRESETS, UNet, winograd
 
-BF16_TOLERANCE = 0.03    # relative RMS error of one bf16 forward pass against fp32, as documented (1.5% measured)
+# Relative RMS error of one bf16 forward pass against fp32, as docs/training.md states: 2.6-3.4% measured with the
+# bf16 Winograd products (AVX-512 BF16), 1.4-1.6% with oneDNN's direct bf16 convolutions.
+BF16_TOLERANCE = 0.05
 
 
 def _perturbed(net: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

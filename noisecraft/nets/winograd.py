@@ -157,9 +157,10 @@ def filter_transform(weight: torch.Tensor) -> torch.Tensor:
 
 
 def filter_transform_bf16(weight: torch.Tensor) -> torch.Tensor:
-    """(O, C, 3, 3) -> U (36, C/2, O, 2) in bf16: G g G^T computed in fp32, rounded, and laid out with each
-    output channel's weights for input channels 2k and 2k+1 side by side (the bf16 products' layout)."""
-    u = filter_transform(weight)
+    """(O, C, 3, 3) -> U (36, C/2, O, 2) in bf16: G g G^T of the weights rounded to bf16 (as autocast rounds
+    them, so that fp32 weights and cast_once's bf16 copy give the same U), computed in fp32, rounded, and laid
+    out with each output channel's weights for input channels 2k and 2k+1 side by side (the products' layout)."""
+    u = filter_transform(weight.detach().bfloat16())
     c, o = u.shape[1:]
     packed = torch.empty(36, c // 2, o, 2, dtype=torch.bfloat16)
     library().winograd_pack_bf16(u.data_ptr(), packed.data_ptr(), c, o)
@@ -270,11 +271,16 @@ def _op_backward(ctx, dy):
 conv3x3_op.register_autograd(_op_backward, setup_context=_op_setup)
 
 
+def rounded_bias(bias: torch.Tensor | None) -> torch.Tensor | None:
+    """The bias as the bf16 path adds it: rounded to bf16 as autocast rounds it, added in fp32."""
+    return None if bias is None else bias.detach().bfloat16().float()
+
+
 @torch.library.custom_op("noisecraft::winograd_conv3x3_bf16", mutates_args=())
 def conv3x3_bf16_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, bf16_out: bool) -> torch.Tensor:
     """conv3x3_op with bf16 products (convolve_bf16); the output is bf16 (as autocast's convolution) where
     bf16_out, else fp32. The gradients: dX by the same kernel, in x's dtype; dW summed in fp32."""
-    return convolve_bf16(channels_last(x), filter_transform_bf16(weight), None if bias is None else bias.float(),
+    return convolve_bf16(channels_last(x), filter_transform_bf16(weight), rounded_bias(bias),
                          torch.bfloat16 if bf16_out else torch.float32)
 
 
@@ -355,7 +361,7 @@ class Conv3x3(nn.Conv2d):
         if training or torch.compiler.is_compiling():
             return conv3x3_op(x, self.weight, self.bias)
         n_tiles = tiles(x.shape[0], x.shape[2], x.shape[3])
-        bias = None if self.bias is None else self.bias.detach().float()
         if half:
-            return convolve_bf16(x, self.transformed(n_tiles, filter_transform_bf16), bias, torch.bfloat16)
-        return convolve(x, self.transformed(n_tiles), bias)
+            return convolve_bf16(x, self.transformed(n_tiles, filter_transform_bf16), rounded_bias(self.bias),
+                                 torch.bfloat16)
+        return convolve(x, self.transformed(n_tiles), None if self.bias is None else self.bias.detach())
