@@ -148,17 +148,28 @@ class ResBlock(nn.Module):
         return self.skip(x) + h
 
 
+SCORES_PER_CHUNK = 1 << 20   # attention scores per batch chunk at inference: 4 MB in fp32, cache- and malloc-friendly
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """softmax(q k^T / sqrt(d)) v over (B, heads, N, d) queries and (B, heads, L, d) keys and values
     (Vaswani et al. 2017, eq. 1); `mask` (B, 1, 1, L) is True where a key may be attended to.
 
-    The fused kernel is the fastest in fp32 and at inference. When training in bf16 on the CPU, its
-    backward pass is 2-4x slower than the explicit product at these sizes (N x L up to 256 x 256:
-    measured in benchmarks/speed.py), so then the softmax is written out; autocast keeps it in fp32."""
-    explicit = (q.device.type == "cpu" and q.dtype == torch.bfloat16 and torch.is_grad_enabled()
-                and q.requires_grad and q.shape[-2] * k.shape[-2] <= 256 * 256)
+    The fused kernel is the fastest in fp32. In bf16 on the CPU the explicit product was faster at these
+    sizes (N x L up to 256 x 256): its backward pass 2-4x (benchmarks/speed.py), and at inference 2.3-2.8x
+    (batch 16 and 64, 256 tokens), taken in batch chunks of at most SCORES_PER_CHUNK scores; autocast keeps
+    its softmax in fp32."""
+    explicit = q.device.type == "cpu" and q.dtype == torch.bfloat16 and q.shape[-2] * k.shape[-2] <= 256 * 256
     if not explicit:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    per = max(1, SCORES_PER_CHUNK // (q.shape[1] * q.shape[2] * k.shape[2]))
+    if (torch.is_grad_enabled() and q.requires_grad) or q.shape[0] <= per:
+        return _explicit_attention(q, k, v, mask)
+    return torch.cat([_explicit_attention(q[i:i + per], k[i:i + per], v[i:i + per], None if mask is None else
+                                          mask[i:i + per]) for i in range(0, q.shape[0], per)])
+
+
+def _explicit_attention(q, k, v, mask):
     scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5                  # (B, heads, N, L)
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))

@@ -42,13 +42,29 @@ def test_bf16_training_uses_the_explicit_product_and_matches_the_definition(fuse
         assert float((a.grad.float() - b.grad).norm() / b.grad.norm()) < 0.03
 
 
-def test_fp32_and_inference_use_the_fused_kernel(fused_calls):
+def test_fp32_uses_the_fused_kernel(fused_calls):
     mask = torch.ones(2, 1, 1, 7, dtype=torch.bool)
     q, k, v = _qkv(torch.float32)
     torch.testing.assert_close(layers.attention(q, k, v, mask).double(), _reference(q, k, v, mask), atol=1e-5, rtol=1e-5)
     with torch.inference_mode():
-        layers.attention(*_qkv(torch.bfloat16, requires_grad=False))
+        layers.attention(*_qkv(torch.float32, requires_grad=False))
     assert len(fused_calls) == 2
+
+
+def test_bf16_inference_takes_the_explicit_product_in_batch_chunks(fused_calls, monkeypatch):
+    mask = torch.ones(2, 1, 1, 7, dtype=torch.bool)
+    mask[1, ..., 3:] = False
+    q, k, v = _qkv(torch.bfloat16, requires_grad=False)
+    with torch.inference_mode():
+        whole = layers.attention(q, k, v, mask)
+        monkeypatch.setattr(layers, "SCORES_PER_CHUNK", 3 * 16 * 7)            # one image's scores per chunk
+        chunks = []
+        real = layers._explicit_attention
+        monkeypatch.setattr(layers, "_explicit_attention", lambda *a: chunks.append(1) or real(*a))
+        chunked = layers.attention(q, k, v, mask)
+    assert not fused_calls and len(chunks) == 2
+    assert torch.equal(whole, chunked)
+    torch.testing.assert_close(whole.double(), _reference(q, k, v, mask), atol=0.03, rtol=0.03)
 
 
 # -- norm_conv(): the activation between a GroupNorm and a convolution, recomputed in the backward pass -----------
