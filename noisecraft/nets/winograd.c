@@ -125,42 +125,48 @@ static void load_window(const void *src, int src_bf16, grid g, long C, long p, i
     }
 }
 
-/* dst[at + c * step] = src[c] for c < n, dst holding fp32, or bf16 where dst_bf16 (rounded here). */
-static inline void store(void *dst, int dst_bf16, long at, int step, const float *src, int n) {
+/* dst[at + c] = src[c] for c < n, dst holding fp32, or bf16 where dst_bf16 (rounded here). */
+static inline void store(void *dst, int dst_bf16, long at, const float *src, int n) {
     if (dst_bf16) {
         bf16 *d = (bf16 *)dst + at;
-        if (step == 1) {
 #pragma omp simd
-            for (int c = 0; c < n; c++) d[c] = to_bf16(src[c]);
-        } else {
-#pragma omp simd
-            for (int c = 0; c < n; c++) d[c * step] = to_bf16(src[c]);
-        }
-    } else if (step == 1) {
-        memcpy((float *)dst + at, src, sizeof(float) * n);
+        for (int c = 0; c < n; c++) d[c] = to_bf16(src[c]);
     } else {
-        for (int c = 0; c < n; c++) ((float *)dst)[at + c * step] = src[c];
+        memcpy((float *)dst + at, src, sizeof(float) * n);
     }
 }
 
-/* Where a tile's transform goes in a block's buffer: channel c of position a at dst[at + a * plane + c * step]. */
+/* dst[2c] = a[c] and dst[2c + 1] = b[c] in bf16, for c < n: two tiles' transforms side by side, as one 32-bit
+ * store per channel (the layout of accumulate_bf16). */
+static inline void store_pair(bf16 *dst, const float *a, const float *b, int n) {
+    uint32_t *d = (uint32_t *)dst;
+#pragma omp simd
+    for (int c = 0; c < n; c++) d[c] = (uint32_t)to_bf16(a[c]) | (uint32_t)to_bf16(b[c]) << 16;
+}
+
+/* Where a tile's transform goes in a block's buffer: channel c of position a at dst[at + a * plane + c]. */
 typedef struct {
     void *dst;
     int bf16;
     long at, plane;
-    int step;
 } place;
 
-/* (B^T d B)[a] for the 6x6 input tile d of tile p (zeros for p >= P: a padding tile), stored at `to`;
- * computed in fp32 whatever x and the buffer hold. */
+/* v[a * CB + c] = (B^T d B)[a] for channels c0..c0+cb-1 of the 6x6 input tile d of tile p (zeros for p >= P:
+ * a padding tile), computed in fp32 whatever x holds. */
+static void input_chunk(const void *x, int x_bf16, grid g, long C, long p, long c0, int cb, float *v) {
+    float d[36 * CB], t[36 * CB];
+    load_window(x, x_bf16, g, C, p, -1, 6, c0, cb, d);                               /* padding 1 */
+    for (int j = 0; j < 6; j++) bt6(d + j * CB, 6 * CB, t + j * CB, 6 * CB, cb);     /* columns */
+    for (int i = 0; i < 6; i++) bt6(t + i * 6 * CB, CB, v + i * 6 * CB, CB, cb);     /* rows */
+}
+
+/* The input tile's transform, all channels, stored at `to`. */
 static void input_tile(const void *x, int x_bf16, grid g, long C, long p, place to) {
-    float d[36 * CB], t[36 * CB], v[36 * CB];
+    float v[36 * CB];
     for (long c0 = 0; c0 < C; c0 += CB) {
         int cb = (int)min_l(CB, C - c0);
-        load_window(x, x_bf16, g, C, p, -1, 6, c0, cb, d);                               /* padding 1 */
-        for (int j = 0; j < 6; j++) bt6(d + j * CB, 6 * CB, t + j * CB, 6 * CB, cb);     /* columns */
-        for (int i = 0; i < 6; i++) bt6(t + i * 6 * CB, CB, v + i * 6 * CB, CB, cb);     /* rows */
-        for (int a = 0; a < 36; a++) store(to.dst, to.bf16, to.at + a * to.plane + c0 * to.step, to.step, v + a * CB, cb);
+        input_chunk(x, x_bf16, g, C, p, c0, cb, v);
+        for (int a = 0; a < 36; a++) store(to.dst, to.bf16, to.at + a * to.plane + c0, v + a * CB, cb);
     }
 }
 
@@ -183,21 +189,32 @@ static void output_tile(const float *src, long plane, const float *bias, void *y
                     for (int c = 0; c < cb; c++) biased[c] = res[c] + bias[c0 + c];
                     res = biased;
                 }
-                store(y, y_bf16, ((n * g.H + 4 * th + i) * g.W + 4 * tw + j) * O + c0, 1, res, cb);
+                store(y, y_bf16, ((n * g.H + 4 * th + i) * g.W + 4 * tw + j) * O + c0, res, cb);
             }
     }
 }
 
-/* (A e A^T)[a] for the 4x4 tile e of the output gradient at tile p (zeros outside the image), stored at
- * `to`: the adjoint of output_tile. */
-static void adjoint_tile(const void *e, int e_bf16, grid g, long O, long p, place to) {
-    float et[16 * CB], t[24 * CB], v[36 * CB];
-    for (long c0 = 0; c0 < O; c0 += CB) {
-        int cb = (int)min_l(CB, O - c0);
-        load_window(e, e_bf16, g, O, p, 0, 4, c0, cb, et);
-        for (int j = 0; j < 4; j++) a4(et + j * CB, 4 * CB, t + j * CB, 4 * CB, cb);     /* 6 x 4 */
-        for (int i = 0; i < 6; i++) a4(t + i * 4 * CB, CB, v + i * 6 * CB, CB, cb);      /* 6 x 6 */
-        for (int a = 0; a < 36; a++) store(to.dst, to.bf16, to.at + a * to.plane + c0 * to.step, to.step, v + a * CB, cb);
+/* v[a * CB + o] = (A e A^T)[a] for channels o0..o0+cb-1 of the 4x4 tile e of the output gradient at tile p
+ * (zeros outside the image): the adjoint of output_tile. */
+static void adjoint_chunk(const void *e, int e_bf16, grid g, long O, long p, long o0, int cb, float *v) {
+    float et[16 * CB], t[24 * CB];
+    load_window(e, e_bf16, g, O, p, 0, 4, o0, cb, et);
+    for (int j = 0; j < 4; j++) a4(et + j * CB, 4 * CB, t + j * CB, 4 * CB, cb);     /* 6 x 4 */
+    for (int i = 0; i < 6; i++) a4(t + i * 4 * CB, CB, v + i * 6 * CB, CB, cb);      /* 6 x 6 */
+}
+
+typedef void (*chunk_fn)(const void *, int, grid, long, long, long, int, float *);
+
+/* Tiles p and p + 1 transformed by `chunk` (all C channels), stored side by side in bf16 for position a at
+ * dst + a * plane (the layout of accumulate_bf16: dst[a * plane + 2c + j] for tile p + j). */
+static void pair_of_tiles(chunk_fn chunk, const void *src, int src_bf16, grid g, long C, long p, bf16 *dst,
+                          long plane) {
+    float v0[36 * CB], v1[36 * CB];
+    for (long c0 = 0; c0 < C; c0 += CB) {
+        int cb = (int)min_l(CB, C - c0);
+        chunk(src, src_bf16, g, C, p, c0, cb, v0);
+        chunk(src, src_bf16, g, C, p + 1, c0, cb, v1);
+        for (int a = 0; a < 36; a++) store_pair(dst + a * plane + 2 * c0, v0 + a * CB, v1 + a * CB, cb);
     }
 }
 
@@ -371,7 +388,7 @@ static void convolve(const void *x, int x_bf16, const void *U, int half, const f
             long blk = job / parts, ob = job % parts * width, oe = min_l(O, ob + width);
             if (ob >= oe) continue;
             for (int tt = 0; tt < TB; tt++)
-                input_tile(x, x_bf16, g, C, blk * TB + tt, (place){V, half, tt * C, TB * C, 1});
+                input_tile(x, x_bf16, g, C, blk * TB + tt, (place){V, half, tt * C, TB * C});
             for (int a = 0; a < 36; a++) {
 #if defined(__AVX512BF16__)
                 if (half) {
@@ -470,11 +487,21 @@ int winograd_filter_grad(const void *x, int x_bf16, const void *e, int e_bf16, i
         memset(sum, 0, sizeof(float) * 36 * C * O);
 #pragma omp for schedule(static)
         for (long blk = 0; blk < blocks; blk++) {
-            for (int tt = 0; tt < TB; tt++) {       /* bf16: tiles 2k and 2k+1 side by side (accumulate_bf16) */
-                place v = half ? (place){V, 1, tt / 2 * 2 * C + tt % 2, TB * C, 2} : (place){V, 0, tt * C, TB * C, 1};
-                place u = half ? (place){E, 1, tt / 2 * 2 * O + tt % 2, TB * O, 2} : (place){E, 0, tt * O, TB * O, 1};
-                input_tile(x, x_bf16, g, C, blk * TB + tt, v);
-                adjoint_tile(e, e_bf16, g, O, blk * TB + tt, u);
+            if (half) {                              /* tiles 2k and 2k+1 side by side (accumulate_bf16) */
+                for (int tt = 0; tt < TB; tt += 2) {
+                    pair_of_tiles(input_chunk, x, x_bf16, g, C, blk * TB + tt, (bf16 *)V + tt * C, TB * C);
+                    pair_of_tiles(adjoint_chunk, e, e_bf16, g, O, blk * TB + tt, (bf16 *)E + tt * O, TB * O);
+                }
+            } else {
+                for (int tt = 0; tt < TB; tt++) {
+                    float v[36 * CB];
+                    input_tile(x, x_bf16, g, C, blk * TB + tt, (place){V, 0, tt * C, TB * C});
+                    for (long o0 = 0; o0 < O; o0 += CB) {
+                        int cb = (int)min_l(CB, O - o0);
+                        adjoint_chunk(e, e_bf16, g, O, blk * TB + tt, o0, cb, v);
+                        for (int a = 0; a < 36; a++) memcpy(E + a * TB * O + tt * O + o0, v + a * CB, sizeof(float) * cb);
+                    }
+                }
             }
             for (int a = 0; a < 36; a++) {
 #if defined(__AVX512BF16__)
