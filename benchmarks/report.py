@@ -252,7 +252,9 @@ def speed_section() -> list[str]:
            f"Command: `python benchmarks/speed.py`. noisecraft's `{r['preset']}` UNet ({r['params_millions']['noisecraft']:.2f} M "
            f"parameters, {gf['noisecraft']:.3f} GFLOP per image) against a diffusers UNet2DModel with the same layout "
            f"({r['params_millions']['diffusers']:.2f} M, {gf['diffusers']:.3f} GFLOP; counted with torch's FlopCounterMode). "
-           f"Best of {r.get('repeats', 5)} after warm-up, libraries alternating; torch {r['torch']}, {r['threads']} threads, {r['cpu']}.",
+           f"Best of {r.get('repeats', 5)} after warm-up, libraries alternating"
+           + (f", the better of {r['rounds']} rounds" if r.get("rounds", 1) > 1 else "")
+           + f"; torch {r['torch']}, {r['threads']} threads, {r['cpu']}.",
            "",
            f"Machine ceiling (GFLOP/s): fp32 convolution {ceil['fp32']['conv_gflops']:.0f}, matmul "
            f"{ceil['fp32']['matmul_gflops']:.0f}; bf16 convolution {ceil['bf16']['conv_gflops']:.0f}, matmul "
