@@ -147,7 +147,7 @@ static inline void store_pair(bf16 *dst, const float *a, const float *b, int n) 
 /* Where a tile's transform goes in a block's buffer: channel c of position a at dst[at + a * plane + c]. */
 typedef struct {
     void *dst;
-    int bf16;
+    int is_bf16;
     long at, plane;
 } place;
 
@@ -166,7 +166,7 @@ static void input_tile(const void *x, int x_bf16, grid g, long C, long p, place 
     for (long c0 = 0; c0 < C; c0 += CB) {
         int cb = (int)min_l(CB, C - c0);
         input_chunk(x, x_bf16, g, C, p, c0, cb, v);
-        for (int a = 0; a < 36; a++) store(to.dst, to.bf16, to.at + a * to.plane + c0, v + a * CB, cb);
+        for (int a = 0; a < 36; a++) store(to.dst, to.is_bf16, to.at + a * to.plane + c0, v + a * CB, cb);
     }
 }
 
