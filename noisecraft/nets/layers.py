@@ -94,8 +94,11 @@ def norm_conv(conv: nn.Module, norm: nn.GroupNorm, x: torch.Tensor, scale: torch
     Done op by op, GroupNorm, the modulation, SiLU and the convolution each keep a tensor of x's size for their
     gradients: four of the seven a ResBlock keeps, most of a training step's memory. In an eager training pass,
     the activation is instead computed again from x in the backward pass (a GroupNorm and a SiLU, memory-bound,
-    a few percent of the convolution's cost); the gradients are the same numbers. An active dropout keeps its
-    output, as before. torch.compile's partitioner makes such choices itself, so compiled graphs run the ops."""
+    a few percent of the convolution's cost); the gradients are the same numbers. On the CPU, in channels_last,
+    the norm, the modulation and SiLU run as one compiled kernel each way (noisecraft/nets/norm_act.py: fp32
+    rounding apart from the ops), which keeps the norm's statistics for the recomputation. An active dropout
+    keeps its output, as before. torch.compile's partitioner makes such choices itself, so compiled graphs run
+    the ops."""
     inputs = (x, norm.weight, norm.bias, scale, shift)
     options = (norm.num_groups, norm.eps)
     fused = kernels.applies(x, norm.weight, norm.bias, norm.num_groups, scale)   # one compiled kernel (CPU)
@@ -165,8 +168,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     per = max(1, SCORES_PER_CHUNK // (q.shape[1] * q.shape[2] * k.shape[2]))
     if (torch.is_grad_enabled() and q.requires_grad) or q.shape[0] <= per:
         return _explicit_attention(q, k, v, mask)
-    return torch.cat([_explicit_attention(q[i:i + per], k[i:i + per], v[i:i + per], None if mask is None else
-                                          mask[i:i + per]) for i in range(0, q.shape[0], per)])
+    part = lambda t, i: t if t is None or t.shape[0] == 1 else t[i:i + per]       # a mask may broadcast
+    return torch.cat([_explicit_attention(part(q, i), part(k, i), part(v, i), part(mask, i))
+                      for i in range(0, q.shape[0], per)])
 
 
 def _explicit_attention(q, k, v, mask):

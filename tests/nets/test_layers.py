@@ -62,9 +62,12 @@ def test_bf16_inference_takes_the_explicit_product_in_batch_chunks(fused_calls, 
         real = layers._explicit_attention
         monkeypatch.setattr(layers, "_explicit_attention", lambda *a: chunks.append(1) or real(*a))
         chunked = layers.attention(q, k, v, mask)
-    assert not fused_calls and len(chunks) == 2
+        shared = mask[1:]                                          # (1, 1, 1, L): one mask for the batch
+        chunked_shared = layers.attention(q, k, v, shared)
+    assert not fused_calls and len(chunks) == 4
     assert torch.equal(whole, chunked)
     torch.testing.assert_close(whole.double(), _reference(q, k, v, mask), atol=0.03, rtol=0.03)
+    torch.testing.assert_close(chunked_shared.double(), _reference(q, k, v, shared), atol=0.03, rtol=0.03)
 
 
 # -- norm_conv(): the activation between a GroupNorm and a convolution, recomputed in the backward pass -----------
