@@ -4,8 +4,8 @@
 Op by op, the norm, the modulation and SiLU each read and write the whole activation, and their gradients
 do again (with norm_conv()'s recomputation, the forward ops run twice in training). The kernels read x
 twice and write the activation once going forward, and read x and the gradient twice and write dx once
-going back; the statistics are the norm's mean and 1/std per image and group, summed in double. The
-gradients are the closed forms in norm_act.c.
+going back; the statistics are the norm's mean and 1/std per image and group, summed in fp32 over runs of
+at most 4,096 pixels and in double across runs. The gradients are the closed forms in norm_act.c.
 
 Under CPU bf16 autocast the activation is returned in bf16: the convolution that follows reads it in bf16
 anyway (autocast's own GroupNorm returns fp32, which the convolution then rounds). Everything else
