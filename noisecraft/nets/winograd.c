@@ -160,16 +160,6 @@ static void input_chunk(const void *x, int x_bf16, grid g, long C, long p, long 
     for (int i = 0; i < 6; i++) bt6(t + i * 6 * CB, CB, v + i * 6 * CB, CB, cb);     /* rows */
 }
 
-/* The input tile's transform, all channels, stored at `to`. */
-static void input_tile(const void *x, int x_bf16, grid g, long C, long p, place to) {
-    float v[36 * CB];
-    for (long c0 = 0; c0 < C; c0 += CB) {
-        int cb = (int)min_l(CB, C - c0);
-        input_chunk(x, x_bf16, g, C, p, c0, cb, v);
-        for (int a = 0; a < 36; a++) store(to.dst, to.is_bf16, to.at + a * to.plane + c0, v + a * CB, cb);
-    }
-}
-
 /* Channels ob..oe-1 of y[tile p] = A^T m A (+ bias), cropped to the image, for m[a] = src[a * plane + o];
  * y holds fp32, or bf16 where y_bf16. */
 static void output_tile(const float *src, long plane, const float *bias, void *y, int y_bf16, grid g, long O,
@@ -204,6 +194,16 @@ static void adjoint_chunk(const void *e, int e_bf16, grid g, long O, long p, lon
 }
 
 typedef void (*chunk_fn)(const void *, int, grid, long, long, long, int, float *);
+
+/* Tile p transformed by `chunk` (input_chunk or adjoint_chunk; all C channels), stored at `to`. */
+static void one_tile(chunk_fn chunk, const void *src, int src_bf16, grid g, long C, long p, place to) {
+    float v[36 * CB];
+    for (long c0 = 0; c0 < C; c0 += CB) {
+        int cb = (int)min_l(CB, C - c0);
+        chunk(src, src_bf16, g, C, p, c0, cb, v);
+        for (int a = 0; a < 36; a++) store(to.dst, to.is_bf16, to.at + a * to.plane + c0, v + a * CB, cb);
+    }
+}
 
 /* Tiles p and p + 1 transformed by `chunk` (all C channels), stored side by side in bf16 for position a at
  * dst + a * plane (the layout of accumulate_bf16: dst[a * plane + 2c + j] for tile p + j). */
@@ -368,7 +368,7 @@ int winograd_has_bf16(void) {
 }
 
 /* y (N x H x W x O) = the convolution of x (N x H x W x C) with the filters whose transform is U, plus the
- * bias (or none, for NULL); O a multiple of VL. In fp32 (bf16 = 0): U is 36 x C x O fp32. In bf16 (half = 1): U is
+ * bias (or none, for NULL); O a multiple of VL. In fp32 (half = 0): U is 36 x C x O fp32. In bf16 (half = 1): U is
  * 36 x (C/2) x O x 2 bf16 (winograd_pack_bf16), the transformed input tiles are rounded to bf16 for the
  * products, and the sums, the transforms and the bias stay fp32; x and y hold bf16 where x_bf16 and y_bf16. */
 static void convolve(const void *x, int x_bf16, const void *U, int half, const float *bias, void *y, int y_bf16,
@@ -388,7 +388,7 @@ static void convolve(const void *x, int x_bf16, const void *U, int half, const f
             long blk = job / parts, ob = job % parts * width, oe = min_l(O, ob + width);
             if (ob >= oe) continue;
             for (int tt = 0; tt < TB; tt++)
-                input_tile(x, x_bf16, g, C, blk * TB + tt, (place){V, half, tt * C, TB * C});
+                one_tile(input_chunk, x, x_bf16, g, C, blk * TB + tt, (place){V, half, tt * C, TB * C});
             for (int a = 0; a < 36; a++) {
 #if defined(__AVX512BF16__)
                 if (half) {
@@ -494,13 +494,8 @@ int winograd_filter_grad(const void *x, int x_bf16, const void *e, int e_bf16, i
                 }
             } else {
                 for (int tt = 0; tt < TB; tt++) {
-                    float v[36 * CB];
-                    input_tile(x, x_bf16, g, C, blk * TB + tt, (place){V, 0, tt * C, TB * C});
-                    for (long o0 = 0; o0 < O; o0 += CB) {
-                        int cb = (int)min_l(CB, O - o0);
-                        adjoint_chunk(e, e_bf16, g, O, blk * TB + tt, o0, cb, v);
-                        for (int a = 0; a < 36; a++) memcpy(E + a * TB * O + tt * O + o0, v + a * CB, sizeof(float) * cb);
-                    }
+                    one_tile(input_chunk, x, x_bf16, g, C, blk * TB + tt, (place){V, 0, tt * C, TB * C});
+                    one_tile(adjoint_chunk, e, e_bf16, g, O, blk * TB + tt, (place){E, 0, tt * O, TB * O});
                 }
             }
             for (int a = 0; a < 36; a++) {
