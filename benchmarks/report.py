@@ -310,6 +310,7 @@ def speed_section() -> list[str]:
             out.append(f"| {a['tokens']} x {a['heads']} | {a['fused_ms']:.1f} | {a['explicit_ms']:.1f} | {a['speedup']:.2f}x |")
         if "kernels" in lv:
             names = {"winograd_bf16": "bf16 Winograd products (off: oneDNN's direct bf16 convolutions)",
+                     "sdpa": "attention kernel (off: PyTorch's fused attention)",
                      "norm_act": "fused GroupNorm + SiLU (off: the ops one by one)"}
             out += ["", "The compiled kernels on and off in one process, alternating (images/s, best of 2 rounds):", "",
                     "| kernel | precision | forward b16 on / off | train b32 on / off |", "|---|---|---|---|"]

@@ -17,10 +17,10 @@ Measured, each as the best of several timed repeats after warm-up, alternating t
     and the peak of live tensors (the profiler's count of allocations and frees: exact and repeatable);
   - each figure as achieved GFLOP/s and as a share of the ceiling of its precision;
   - levers alone: the fused attention kernel against the explicit product in a bf16 training step, and
-    the compiled kernels on and off in one process (the bf16 Winograd products; the fused GroupNorm + SiLU
-    in fp32 and bf16) on the forward at batch 16 and the training step.
+    the compiled kernels on and off in one process (the bf16 Winograd products; the fp32 attention; the fused
+    GroupNorm + SiLU in fp32 and bf16) on the forward at batch 16 and the training step.
 Configurations: noisecraft as shipped (fp32, channels_last, Winograd 3x3 convolutions, fused GroupNorm +
-SiLU), noisecraft-direct (the same with PyTorch's direct convolutions: the Winograd lever alone), noisecraft
+SiLU, its own fp32 attention), noisecraft-direct (the same with PyTorch's direct convolutions: the Winograd lever alone), noisecraft
 bf16 autocast (with bf16 Winograd products where the CPU has AVX-512 BF16),
 noisecraft with torch.compile (forward at batch 16 only: compiling costs about 30 s per shape; compiled
 graphs keep the Winograd kernels as custom operators), diffusers as shipped (fp32, NCHW), and diffusers given channels_last
@@ -56,7 +56,7 @@ from noisecraft.device import cpu_has_bf16, speed_up
 from noisecraft.io import atomic_write_json
 from noisecraft.models import DiffusionModel, ModelConfig
 from noisecraft.nets import PRESETS
-from noisecraft.nets import norm_act, winograd
+from noisecraft.nets import norm_act, sdpa, winograd
 from noisecraft.nets.layers import attention
 
 ROOT = Path(__file__).resolve().parent
@@ -117,9 +117,10 @@ def inputs(batch: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def flops_per_image(model: torch.nn.Module) -> float:
-    """The direct convolution's FLOPs (the Winograd kernels run outside torch's operators, unseen by the counter)."""
+    """The direct convolution's and attention's FLOPs (the compiled kernels run outside torch's operators,
+    unseen by the counter)."""
     x, t = inputs(2)
-    with FlopCounterMode(display=False) as counter, torch.inference_mode(), winograd.disabled():
+    with FlopCounterMode(display=False) as counter, torch.inference_mode(), winograd.disabled(), sdpa.disabled():
         model(x, t)
     return counter.get_total_flops() / 2
 
@@ -235,10 +236,12 @@ def levers(repeats: int) -> dict:
 
 def kernel_levers(repeats: int, rounds: int = 2) -> list:
     """The compiled kernels on and off in one process, alternating, best of `rounds`: the bf16 Winograd
-    products (off: oneDNN's direct bf16 convolutions) and the fused GroupNorm + SiLU (off: the ops one by one),
+    products (off: oneDNN's direct bf16 convolutions), the fp32 attention (off: PyTorch's fused kernel) and
+    the fused GroupNorm + SiLU (off: the ops one by one),
     on the forward at batch 16 and the training step at batch 32."""
     out = []
-    for precision, lever, switch in (("bf16", "winograd_bf16", winograd.disabled), ("fp32", "norm_act", norm_act.disabled),
+    for precision, lever, switch in (("bf16", "winograd_bf16", winograd.disabled), ("fp32", "sdpa", sdpa.disabled),
+                                     ("fp32", "norm_act", norm_act.disabled),
                                      ("bf16", "norm_act", norm_act.disabled)):
         row = {"precision": precision, "lever": lever}
         for key, batch, fn in (("forward_b16", 16, forward_fn(noisecraft_model(precision), 16)),

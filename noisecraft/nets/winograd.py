@@ -45,9 +45,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# The compiled kernels: these 3x3 convolutions and GroupNorm + SiLU (norm_act.c, noisecraft/nets/norm_act.py),
-# built into one library.
-SOURCES = tuple(Path(__file__).with_name(name) for name in ("winograd.c", "norm_act.c", "kernels.h"))
+# The compiled kernels: these 3x3 convolutions, GroupNorm + SiLU (norm_act.c, noisecraft/nets/norm_act.py) and
+# fp32 attention (sdpa.c, noisecraft/nets/sdpa.py), built into one library.
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("winograd.c", "norm_act.c", "sdpa.c", "kernels.h"))
 CFLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
 MIN_TILES = 16               # below this many 4x4 tiles per call, oneDNN's direct convolution was faster
 CACHE_BELOW_TILES = 256      # with fewer tiles, the filter transform costs over ~2% of a call: keep it
@@ -127,6 +127,11 @@ def load() -> ctypes.CDLL | None:
     lib.norm_act_apply.argtypes = [ptr, flag] + [long] * 4 + [ptr] * 6 + [flag, ptr, flag]
     lib.norm_act_backward.argtypes = ([ptr, flag, ptr, flag] + [long] * 4 + [ptr] * 6 + [flag, ptr, flag]
                                       + [ptr] * 4)
+    strides = ctypes.POINTER(long)
+    lib.sdpa_forward.argtypes = [ptr, strides] * 4 + [ptr] + [long] * 5 + [ctypes.c_float]
+    lib.sdpa_backward.argtypes = ([ptr, strides] * 4 + [ptr] + [ptr, strides] * 4 + [long] * 5
+                                  + [ctypes.c_float])
+    lib.sdpa_vector_floats.argtypes, lib.sdpa_vector_floats.restype = [], long
     return lib
 
 

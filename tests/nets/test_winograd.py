@@ -1,3 +1,4 @@
+import contextlib
 import copy
 import pickle
 import warnings
@@ -8,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from noisecraft.nets import PRESETS, UNet
+from noisecraft.nets import norm_act, sdpa
 from noisecraft.nets import winograd as wg
 from noisecraft.nets.winograd import Conv3x3
 
@@ -164,7 +166,16 @@ def test_the_kernels_refuse_buffers_they_would_misread():
         wg.filter_grad(_nhwc(2, 16, 8, 8), _nhwc(2, 24, 8, 8))        # 24 channels: not whole vectors
 
 
-def test_the_unet_agrees_with_the_direct_convolutions_forward_and_backward():
+@contextlib.contextmanager
+def _plain():
+    """Every compiled kernel off: PyTorch's convolutions, norms and attention."""
+    with wg.disabled(), norm_act.disabled(), sdpa.disabled():
+        yield
+
+
+def test_the_unet_agrees_with_pytorchs_ops_forward_and_backward():
+    """All of the fast path -- the Winograd convolutions, the fused norms, the attention kernel -- against
+    PyTorch's ops."""
     torch.manual_seed(0)
     net = UNet(PRESETS["small"])
     with torch.no_grad():                                         # trained-like: every layer matters
@@ -179,12 +190,12 @@ def test_the_unet_agrees_with_the_direct_convolutions_forward_and_backward():
             fast = net(x, t)
         finally:
             wg.convolve = real
-        with wg.disabled():
+        with _plain():
             plain = net(x, t)
     assert len(calls) > 20                                        # the 3x3 layers of 64 and 128 channels
     torch.testing.assert_close(fast, plain, atol=1e-4, rtol=0)
     grads = {}
-    for name, ctx in (("fast", torch.enable_grad()), ("plain", wg.disabled())):
+    for name, ctx in (("fast", torch.enable_grad()), ("plain", _plain())):
         net.zero_grad()
         with ctx:
             net(x, t).square().mean().backward()
