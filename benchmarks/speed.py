@@ -58,6 +58,7 @@ from noisecraft.models import DiffusionModel, ModelConfig
 from noisecraft.nets import PRESETS
 from noisecraft.nets import norm_act, sdpa, winograd
 from noisecraft.nets.layers import attention
+from noisecraft.train.loop import adamw
 
 ROOT = Path(__file__).resolve().parent
 PRESET = "small"
@@ -158,11 +159,14 @@ def forward_fn(model, batch: int):
 
 
 def train_fn(model, batch: int):
-    """One training step as the loop runs it: forward, MSE to the noise, backward, AdamW."""
+    """One training step as each library's training loop runs it: forward, MSE to the noise, backward,
+    AdamW (noisecraft's trainer fuses it where PyTorch can, noisecraft.train.loop.adamw; diffusers' training
+    scripts take torch.optim.AdamW's default)."""
     x, t = inputs(batch)
     eps = torch.randn_like(x)
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    opt = (adamw(model.parameters(), 1e-4, 1e-2) if isinstance(model, DiffusionModel)
+           else torch.optim.AdamW(model.parameters(), lr=1e-4))
 
     def run():
         opt.zero_grad(set_to_none=True)
@@ -317,7 +321,7 @@ def preset_precision(repeats: int) -> dict:
             def forward():
                 with torch.inference_mode():
                     model(x, t)
-            opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+            opt = adamw(model.parameters(), 1e-4, 1e-2)
 
             def train():
                 opt.zero_grad(set_to_none=True)

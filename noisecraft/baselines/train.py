@@ -21,7 +21,7 @@ from noisecraft.io import save_png
 from noisecraft.models import save_model
 from noisecraft.train.checkpoint import clean_partial_writes, load_checkpoint, rng_state, save_checkpoint
 from noisecraft.train.ema import EMA
-from noisecraft.train.loop import (LOG_FILE, TrainingInterrupted, TrainOptions, epoch_order, lr_lambda, new_interval,
+from noisecraft.train.loop import (LOG_FILE, TrainingInterrupted, TrainOptions, adamw, epoch_order, lr_lambda, new_interval,
                                    open_log, restore, seed_process, stop_signals, tensorboard_writer_class,
                                    write_log)
 from noisecraft.viz import make_grid
@@ -51,7 +51,7 @@ class LikelihoodTrainer:
     def __init__(self, config: BaselineConfig, opts: TrainOptions, device: torch.device):
         self.model = build(config).to(device)          # checkpointed, and averaged for the model directory
         self.ema_target = self.model
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
+        self.optimizer = adamw(self.model.parameters(), opts.lr, opts.weight_decay)
         self.clip = opts.grad_clip
 
     def step(self, x: torch.Tensor, noise_gen: torch.Generator) -> tuple[dict | None, str]:

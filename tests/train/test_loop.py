@@ -55,6 +55,36 @@ def test_same_seed_same_weights_and_resume_is_exact(tmp_path):
                 assert torch.equal(ref[k], got[k]), k
 
 
+def test_adamw_is_fused_on_the_cpu_and_resumes_channels_last_weights_exactly():
+    """Moments stored contiguous (as a checkpoint holds them) and loaded for channels_last weights: without
+    match_layouts() the fused kernel would pair each weight element with another element's moments."""
+    def conv():
+        torch.manual_seed(0)
+        return torch.nn.Conv2d(8, 4, 3).to(memory_format=torch.channels_last)
+
+    def grads(net, i):
+        net.weight.grad = torch.arange(net.weight.numel(), dtype=torch.float32).reshape(net.weight.shape).mul(i + 1)
+        net.bias.grad = torch.ones(4)
+
+    straight, resumed = conv(), conv()
+    opt = loop.adamw(straight.parameters(), 1e-2, 0.0)
+    assert opt.param_groups[0]["fused"]
+    for i in range(2):
+        grads(straight, i)
+        opt.step()
+    saved = opt.state_dict()
+    saved["state"] = {k: {n: v.contiguous().clone() for n, v in s.items()} for k, s in saved["state"].items()}
+    resumed.load_state_dict(straight.state_dict())
+    again = loop.adamw(resumed.parameters(), 1e-2, 0.0)
+    again.load_state_dict(saved)
+    loop.match_layouts(again)
+    for i in range(2, 4):
+        for net, o in ((straight, opt), (resumed, again)):
+            grads(net, i)
+            o.step()
+    assert torch.equal(straight.weight, resumed.weight)
+
+
 def test_refuses_to_overwrite_a_model_without_resume(tmp_path):
     quiet_train(opts(tmp_path, max_steps=2))
     with pytest.raises(NoisecraftError, match="--resume"):
