@@ -16,12 +16,13 @@ Measured, each as the best of several timed repeats after warm-up, alternating t
     configuration spread over 100 MB, as glibc's malloc reuses freed blocks differently from run to run)
     and the peak of live tensors (the profiler's count of allocations and frees: exact and repeatable);
   - each figure as achieved GFLOP/s and as a share of the ceiling of its precision;
-  - levers alone: the fused attention kernel against the explicit product in a bf16 training step, and
-    the compiled kernels on and off in one process (the bf16 Winograd products; the fp32 attention; the fused
-    GroupNorm + SiLU in fp32 and bf16) on the forward at batch 16 and the training step.
+  - levers alone: PyTorch's fused attention kernel, the explicit product and noisecraft's attention kernels
+    in a bf16 training step, and the compiled kernels on and off in one process (the bf16 Winograd products;
+    the attention kernels in fp32 and bf16; the fused GroupNorm + SiLU in fp32 and bf16) on the forward at
+    batch 16 and the training step.
 Configurations: noisecraft as shipped (fp32, channels_last, Winograd 3x3 convolutions, fused GroupNorm +
-SiLU, its own fp32 attention), noisecraft-direct (the same with PyTorch's direct convolutions: the Winograd lever alone), noisecraft
-bf16 autocast (with bf16 Winograd products where the CPU has AVX-512 BF16),
+SiLU, its own attention kernels), noisecraft-direct (the same with PyTorch's direct convolutions: the Winograd lever alone), noisecraft
+bf16 autocast (with bf16 Winograd products and attention where the CPU has AVX-512 BF16),
 noisecraft with torch.compile (forward at batch 16 only: compiling costs about 30 s per shape; compiled
 graphs keep the Winograd kernels as custom operators), diffusers as shipped (fp32, NCHW), and diffusers given channels_last
 too (a reference a diffusers user could reach). FLOPs are the direct convolution's (Winograd does 4x fewer
@@ -42,6 +43,7 @@ quality check.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import subprocess
@@ -216,9 +218,9 @@ def ceiling(repeats: int, bf16: bool = True) -> dict:
 
 # -- the levers one at a time ---------------------------------------------------------------------------------------
 def levers(repeats: int) -> dict:
-    """The fused attention kernel against the explicit product in a bf16 training step (forward and
-    backward) at the preset's attention shapes (batch 32): why bf16 training uses the explicit one; and the
-    compiled kernels (kernel_levers)."""
+    """Three attentions in a bf16 training step (forward and backward) at the preset's attention shapes
+    (batch 32): PyTorch's fused kernel, the explicit product (where noisecraft's kernels do not apply) and
+    noisecraft's kernels (sdpa.py); and the compiled kernels on and off (kernel_levers)."""
     out = {"attention_bf16_train": []}
     cfg = PRESETS[PRESET]
     for res in cfg.attn_resolutions:
@@ -226,25 +228,32 @@ def levers(repeats: int) -> dict:
         heads, n = max(1, ch // cfg.head_dim), res * res
         q, k, v = (torch.randn(TRAIN_BATCH, heads, n, ch // heads, requires_grad=True) for _ in range(3))
 
-        def step(fused: bool):
+        def step(how: str):
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 qq, kk, vv = (a.bfloat16() for a in (q, k, v))
-                o = torch.nn.functional.scaled_dot_product_attention(qq, kk, vv) if fused else attention(qq, kk, vv)
+                if how == "fused":
+                    o = torch.nn.functional.scaled_dot_product_attention(qq, kk, vv)
+                else:
+                    with sdpa.disabled() if how == "explicit" else contextlib.nullcontext():
+                        o = attention(qq, kk, vv)
             o.float().sum().backward()
-        fused, explicit = best_seconds(lambda: step(True), repeats), best_seconds(lambda: step(False), repeats)
-        out["attention_bf16_train"].append({"tokens": n, "heads": heads, "fused_ms": fused * 1e3,
-                                            "explicit_ms": explicit * 1e3, "speedup": fused / explicit})
+        ms = {how: best_seconds(lambda: step(how), repeats) * 1e3 for how in ("fused", "explicit", "kernel")}
+        out["attention_bf16_train"].append({"tokens": n, "heads": heads, "fused_ms": ms["fused"],
+                                            "explicit_ms": ms["explicit"], "kernel_ms": ms["kernel"],
+                                            "speedup": ms["fused"] / ms["explicit"]})
     out["kernels"] = kernel_levers(repeats)
     return out
 
 
 def kernel_levers(repeats: int, rounds: int = 2) -> list:
     """The compiled kernels on and off in one process, alternating, best of `rounds`: the bf16 Winograd
-    products (off: oneDNN's direct bf16 convolutions), the fp32 attention (off: PyTorch's fused kernel) and
+    products (off: oneDNN's direct bf16 convolutions), the attention kernels (off: PyTorch's fused kernel in
+    fp32, the explicit product in bf16) and
     the fused GroupNorm + SiLU (off: the ops one by one),
     on the forward at batch 16 and the training step at batch 32."""
     out = []
     for precision, lever, switch in (("bf16", "winograd_bf16", winograd.disabled), ("fp32", "sdpa", sdpa.disabled),
+                                     ("bf16", "sdpa", sdpa.disabled),
                                      ("fp32", "norm_act", norm_act.disabled),
                                      ("bf16", "norm_act", norm_act.disabled)):
         row = {"precision": precision, "lever": lever}

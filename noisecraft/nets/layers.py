@@ -159,11 +159,11 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     """softmax(q k^T / sqrt(d)) v over (B, heads, N, d) queries and (B, heads, L, d) keys and values
     (Vaswani et al. 2017, eq. 1); `mask` (B, 1, 1, L) is True where a key may be attended to.
 
-    In fp32 on the CPU, noisecraft's own kernels (sdpa.py) where they apply, else PyTorch's fused kernel.
-    In bf16 on the CPU the explicit product was faster at these sizes (N x L up to 256 x 256): its backward
+    On the CPU, noisecraft's own kernels (sdpa.py) where they apply. Else PyTorch's fused kernel, except in
+    bf16 on the CPU, where the explicit product was faster at these sizes (N x L up to 256 x 256): its backward
     pass 2-4x (benchmarks/speed.py), and at inference 2.3-2.8x (batch 16 and 64, 256 tokens), taken in batch
     chunks of at most SCORES_PER_CHUNK scores; autocast keeps its softmax in fp32."""
-    if sdpa.applies(q, k, v, mask) and not torch.is_autocast_enabled("cpu"):
+    if sdpa.applies(q, k, v, mask):
         return sdpa.attention(q, k, v)
     explicit = q.device.type == "cpu" and q.dtype == torch.bfloat16 and q.shape[-2] * k.shape[-2] <= 256 * 256
     if not explicit:

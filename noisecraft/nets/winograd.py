@@ -131,6 +131,8 @@ def load() -> ctypes.CDLL | None:
     lib.sdpa_forward.argtypes = [ptr, strides] * 4 + [ptr] + [long] * 5 + [ctypes.c_float]
     lib.sdpa_backward.argtypes = ([ptr, strides] * 4 + [ptr] + [ptr, strides] * 4 + [long] * 5
                                   + [ctypes.c_float])
+    lib.sdpa_forward_bf16.argtypes = lib.sdpa_forward.argtypes
+    lib.sdpa_backward_bf16.argtypes = lib.sdpa_backward.argtypes
     lib.sdpa_vector_floats.argtypes, lib.sdpa_vector_floats.restype = [], long
     return lib
 
