@@ -5,7 +5,10 @@ Op by op, the norm, the modulation and SiLU each read and write the whole activa
 do again (with norm_conv()'s recomputation, the forward ops run twice in training). The kernels read x
 twice and write the activation once going forward, and read x and the gradient twice and write dx once
 going back; the statistics are the norm's mean and 1/std per image and group, summed in fp32 over runs of
-at most 4,096 pixels and in double across runs. The gradients are the closed forms in norm_act.c.
+at most 4,096 pixels and in double across runs. The gradients are the closed forms in norm_act.c. When
+norm_conv() computes the activation again for the convolution's backward pass, the sigmoid is kept (fp32,
+x's size) until the norm's own backward pass, which follows: a recomputation and a backward pass then
+take 20% less time than with the sigmoid computed again (2 CPU cores, batch 32 at 64 x 32 x 32).
 
 Under CPU bf16 autocast the activation is returned in bf16: the convolution that follows reads it in bf16
 anyway (autocast's own GroupNorm returns fp32, which the convolution then rounds). Everything else
@@ -64,6 +67,7 @@ class Statistics:
         self.groups, self.eps, self.act, self.out_dtype = groups, eps, act, out_dtype
         self.mean = torch.empty(n, groups)
         self.rstd = torch.empty(n, groups)
+        self.sigmoid = None                                  # sigmoid(z), from activation() to backward()
 
     def _dims(self) -> tuple:
         n, c, h, w = self.x.shape
@@ -83,10 +87,13 @@ class Statistics:
         return a
 
     def activation(self) -> torch.Tensor:
+        """The output again, as norm_conv()'s backward pass asks for it just before this norm's: with SiLU, the
+        sigmoid is kept for backward() (which then computes no exponential; the same numbers)."""
         a = self._empty_like_x(self.out_dtype)
+        self.sigmoid = torch.empty(self.x.numel()) if self.act else None
         winograd.library().norm_act_apply(self.x.data_ptr(), self.x.dtype == torch.bfloat16, *self._dims(),
                                           self.mean.data_ptr(), self.rstd.data_ptr(), *self._params(), a.data_ptr(),
-                                          a.dtype == torch.bfloat16)
+                                          a.dtype == torch.bfloat16, _ptr(self.sigmoid))
         return a
 
     def backward(self, da: torch.Tensor) -> tuple:
@@ -99,9 +106,10 @@ class Statistics:
         dw, db = torch.empty(c), torch.empty(c)
         ds = None if self.scale is None else torch.empty(n, c)
         dsh = None if self.shift is None else torch.empty(n, c)
+        sigmoid, self.sigmoid = self.sigmoid, None                # freed when this call returns
         winograd.library().norm_act_backward(
             self.x.data_ptr(), self.x.dtype == torch.bfloat16, da.data_ptr(), da.dtype == torch.bfloat16,
-            *self._dims(), self.mean.data_ptr(), self.rstd.data_ptr(), *self._params(), dx.data_ptr(),
+            *self._dims(), self.mean.data_ptr(), self.rstd.data_ptr(), *self._params(), _ptr(sigmoid), dx.data_ptr(),
             dx.dtype == torch.bfloat16, dw.data_ptr(), db.data_ptr(), _ptr(ds), _ptr(dsh))
         return dx, dw, db, ds, dsh
 

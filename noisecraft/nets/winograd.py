@@ -124,8 +124,8 @@ def load() -> ctypes.CDLL | None:
     lib.winograd_has_bf16.argtypes = []
     dbl = ctypes.c_double
     lib.norm_act_forward.argtypes = [ptr, flag] + [long] * 4 + [dbl] + [ptr] * 4 + [flag, ptr, flag, ptr, ptr]
-    lib.norm_act_apply.argtypes = [ptr, flag] + [long] * 4 + [ptr] * 6 + [flag, ptr, flag]
-    lib.norm_act_backward.argtypes = ([ptr, flag, ptr, flag] + [long] * 4 + [ptr] * 6 + [flag, ptr, flag]
+    lib.norm_act_apply.argtypes = [ptr, flag] + [long] * 4 + [ptr] * 6 + [flag, ptr, flag, ptr]
+    lib.norm_act_backward.argtypes = ([ptr, flag, ptr, flag] + [long] * 4 + [ptr] * 6 + [flag, ptr, ptr, flag]
                                       + [ptr] * 4)
     strides = ctypes.POINTER(long)
     lib.sdpa_forward.argtypes = [ptr, strides] * 4 + [ptr] + [long] * 5 + [ctypes.c_float]

@@ -46,6 +46,23 @@ def test_the_kernels_match_the_ops_in_float64(n, c, size, groups, modulated, act
         assert _rel(g, r) < 1e-5
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_sigmoid_kept_by_activation_gives_the_same_gradients(dtype):
+    """norm_conv() computes the activation again just before the norm's backward pass, which then reads the
+    sigmoid that activation() kept instead of computing it a third and fourth time."""
+    x, weight, bias, scale, shift = _inputs(2, 64, 8, True)
+    x = x.detach().to(dtype).contiguous(memory_format=torch.channels_last)
+    da = torch.randn(x.shape).to(dtype).contiguous(memory_format=torch.channels_last)
+    stats = norm_act.Statistics(x, weight, bias, scale, shift, 8, 1e-6, True, dtype)
+    y = stats.forward()
+    computed = stats.backward(da)
+    assert torch.equal(stats.activation(), y) and stats.sigmoid is not None
+    kept = stats.backward(da)
+    assert stats.sigmoid is None                                  # freed by the backward pass that read it
+    for a, b in zip(computed, kept):
+        assert a.dtype == b.dtype and _rel(b, a) < 1e-6          # fp32 rounding apart
+
+
 def test_bf16_in_and_out():
     x, weight, bias, scale, shift = _inputs(2, 64, 8, True)
     da = torch.randn_like(x)
