@@ -131,6 +131,29 @@ def _identity(t: torch.Tensor) -> tuple:
     return t.data_ptr(), t.shape, t.stride(), t.dtype
 
 
+class _ConcatChannels(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, *xs):
+        ctx.sizes = [x.shape[1] for x in xs]
+        ctx.formats = [torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else
+                       torch.contiguous_format for x in xs]
+        return torch.cat(xs, dim=1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return tuple(g.contiguous(memory_format=f) for g, f in zip(grad.split(ctx.sizes, dim=1), ctx.formats))
+
+
+def concat_channels(xs: list[torch.Tensor]) -> torch.Tensor:
+    """torch.cat(xs, dim=1), whose gradients come back dense, in each input's layout. torch.cat's are slices
+    of the output's gradient, in neither layout, and each layer that the gradient reaches made its own dense
+    copy (oneDNN's 1x1 convolutions inside, the Winograd and norm kernels before they run): up to three
+    copies in the UNet's up path, one here. 1-2% of a training step of `small` (benchmarks/speed.py's)."""
+    if torch.compiler.is_compiling() or not torch.is_grad_enabled():
+        return torch.cat(xs, dim=1)
+    return _ConcatChannels.apply(*xs)
+
+
 class ResBlock(nn.Module):
     """GroupNorm-SiLU-conv twice with the embedding injected as scale and shift of the second
     norm (adaptive GroupNorm, Dhariwal & Nichol 2021 §3)."""

@@ -7,7 +7,8 @@ from torch import nn
 import torch.nn.functional as F
 
 from noisecraft.errors import NoisecraftError
-from noisecraft.nets.layers import AttentionBlock, Downsample, ResBlock, Upsample, norm, norm_conv, timestep_embedding, zero
+from noisecraft.nets.layers import (AttentionBlock, Downsample, ResBlock, Upsample, concat_channels, norm, norm_conv,
+                                   timestep_embedding, zero)
 from noisecraft.nets.presets import UNetConfig
 from noisecraft.nets.winograd import Conv3x3
 
@@ -119,5 +120,5 @@ class UNet(nn.Module):
             if isinstance(block, Upsample):
                 h = block(h)
             else:
-                h = block(torch.cat([h, hs.pop()], dim=1), emb, context, context_mask)
+                h = block(concat_channels([h, hs.pop()]), emb, context, context_mask)
         return norm_conv(self.out[2], self.out[0], h).contiguous()           # (B, C, H, W)

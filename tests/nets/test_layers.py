@@ -175,3 +175,14 @@ def test_norm_conv_backward_twice_with_a_retained_graph():
     second = torch.autograd.grad(y.square().sum(), (x, norm.weight, scale))
     for a, b in zip(first, second):
         assert torch.equal(a, b)
+
+
+def test_concat_channels_gives_dense_gradients_in_each_inputs_layout():
+    a = torch.randn(2, 16, 4, 4).contiguous(memory_format=torch.channels_last).requires_grad_()
+    b = torch.randn(2, 8, 4, 4).requires_grad_()                              # NCHW
+    out = layers.concat_channels([a, b])
+    assert torch.equal(out, torch.cat([a, b], dim=1))
+    grad = torch.randn(out.shape).contiguous(memory_format=torch.channels_last)
+    ga, gb = torch.autograd.grad(out, (a, b), grad)
+    assert torch.equal(ga, grad[:, :16]) and torch.equal(gb, grad[:, 16:])
+    assert ga.is_contiguous(memory_format=torch.channels_last) and gb.is_contiguous()
