@@ -519,14 +519,23 @@ int winograd_filter_grad(const void *x, int x_bf16, const void *e, int e_bf16, i
 static const float Gm[6][3] = {{1, 0, 0}, {-1.0f / 3, -1.0f / 3, -1.0f / 3}, {1.0f / 3, -1.0f / 3, 1.0f / 3},
                                {1.0f / 15, 2.0f / 15, 4.0f / 15}, {-16.0f / 15, 8.0f / 15, -4.0f / 15}, {0, 0, 1}};
 
-void winograd_filter(const float *w, float *U, long C, long O) {
+/* U (36 x C x O) = G g G^T for every filter g of w, whose element (o, c, i, j) is w[o*so + c*sc + i*sh + j*sw]
+ * (any layout: the UNet's weights are channels_last), or with flip at (2-i, 2-j): the input gradient's filters,
+ * the weight flipped and (by its strides) transposed. With round_bf16 each weight is rounded to bf16 first,
+ * as autocast rounds it. */
+void winograd_filter(const float *w, long so, long sc, long sh, long sw, int flip, int round_bf16, float *U, long C,
+                     long O) {
 #pragma omp parallel for schedule(static)
     for (long c = 0; c < C; c++) {
         for (long o0 = 0; o0 < O; o0 += VL) {
             int lanes = (int)min_l(VL, O - o0);
             float g[9][VL], t[6][3][VL];
             for (int l = 0; l < lanes; l++)
-                for (int k = 0; k < 9; k++) g[k][l] = w[((o0 + l) * C + c) * 9 + k];
+                for (int k = 0; k < 9; k++) {
+                    long i = flip ? 2 - k / 3 : k / 3, j = flip ? 2 - k % 3 : k % 3;
+                    float v = w[(o0 + l) * so + c * sc + i * sh + j * sw];
+                    g[k][l] = round_bf16 ? from_bf16(to_bf16(v)) : v;
+                }
             for (int a = 0; a < 6; a++)
                 for (int j = 0; j < 3; j++)
 #pragma omp simd

@@ -119,7 +119,8 @@ def load() -> ctypes.CDLL | None:
     lib.winograd_conv.argtypes = [ptr, ptr, ptr, ptr] + [long] * 5
     lib.winograd_conv_bf16.argtypes = [ptr, flag, ptr, ptr, ptr, flag] + [long] * 5
     lib.winograd_filter_grad.argtypes = [ptr, flag, ptr, flag, flag, ptr] + [long] * 5
-    lib.winograd_filter.argtypes = lib.winograd_filter_adjoint.argtypes = [ptr, ptr, long, long]
+    lib.winograd_filter.argtypes = [ptr] + [long] * 4 + [flag, flag, ptr, long, long]
+    lib.winograd_filter_adjoint.argtypes = [ptr, ptr, long, long]
     lib.winograd_pack_bf16.argtypes = [ptr, ptr, long, long]
     lib.winograd_has_bf16.argtypes = []
     dbl = ctypes.c_double
@@ -162,19 +163,27 @@ def channels_last(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous(memory_format=torch.channels_last)
 
 
-def filter_transform(weight: torch.Tensor) -> torch.Tensor:
-    """(O, C, 3, 3) -> U (36, C, O): G g G^T for every filter g, in fp32."""
-    o, c = weight.shape[:2]
-    w, u = weight.detach().float().contiguous(), torch.empty(36, c, o)     # w named: it must outlive the call
-    library().winograd_filter(w.data_ptr(), u.data_ptr(), c, o)
+def filter_transform(weight: torch.Tensor, flipped: bool = False, round_bf16: bool = False) -> torch.Tensor:
+    """(O, C, 3, 3) -> U (36, C, O): G g G^T for every filter g, in fp32, read in the weight's own layout. With
+    `flipped`, the filters of the input gradient, weight.flip(2, 3).transpose(0, 1) -> U (36, O, C), without
+    making that tensor; with `round_bf16`, of the weights rounded to bf16 (as autocast rounds them)."""
+    w = weight.detach()
+    if w.dtype != torch.float32:
+        w = w.float()
+    if flipped:
+        w = w.transpose(0, 1)                                   # a view: the kernel flips as it reads
+    o, c = w.shape[:2]
+    u = torch.empty(36, c, o)
+    library().winograd_filter(w.data_ptr(), *w.stride(), flipped, round_bf16, u.data_ptr(), c, o)
     return u
 
 
-def filter_transform_bf16(weight: torch.Tensor) -> torch.Tensor:
+def filter_transform_bf16(weight: torch.Tensor, flipped: bool = False) -> torch.Tensor:
     """(O, C, 3, 3) -> U (36, C/2, O, 2) in bf16: G g G^T of the weights rounded to bf16 (as autocast rounds
     them, so that fp32 weights and cast_once's bf16 copy give the same U), computed in fp32, rounded, and laid
-    out with each output channel's weights for input channels 2k and 2k+1 side by side (the products' layout)."""
-    u = filter_transform(weight.detach().bfloat16())
+    out with each output channel's weights for input channels 2k and 2k+1 side by side (the products' layout);
+    `flipped` as in filter_transform()."""
+    u = filter_transform(weight, flipped, round_bf16=True)
     c, o = u.shape[1:]
     packed = torch.empty(36, c // 2, o, 2, dtype=torch.bfloat16)
     library().winograd_pack_bf16(u.data_ptr(), packed.data_ptr(), c, o)
@@ -268,6 +277,18 @@ def _(x, dy, bf16_products):
     return torch.empty(dy.shape[1], x.shape[1], 3, 3, dtype=torch.float32, device=x.device)
 
 
+@torch.library.custom_op("noisecraft::winograd_conv3x3_input_grad", mutates_args=())
+def input_grad_op(dy: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """dX of conv3x3_op: the same convolution of dY with the flipped, transposed filters."""
+    return convolve(channels_last(dy), filter_transform(weight, flipped=True), None)
+
+
+@input_grad_op.register_fake
+def _(dy, weight):
+    return torch.empty(dy.shape[0], weight.shape[1], *dy.shape[2:], dtype=dy.dtype, device=dy.device,
+                       memory_format=torch.channels_last)
+
+
 def _op_setup(ctx, inputs, output):
     ctx.save_for_backward(inputs[0], inputs[1])
     ctx.has_bias = inputs[2] is not None
@@ -276,7 +297,7 @@ def _op_setup(ctx, inputs, output):
 def _op_backward(ctx, dy):
     x, weight = ctx.saved_tensors
     dy = channels_last(dy)           # once for both gradients (a slice of a concatenation's gradient is neither layout)
-    dx = conv3x3_op(dy, weight.flip(2, 3).transpose(0, 1), None) if ctx.needs_input_grad[0] else None
+    dx = input_grad_op(dy, weight) if ctx.needs_input_grad[0] else None
     dw = weight_grad_op(x, dy, False) if ctx.needs_input_grad[1] else None
     db = dy.sum((0, 2, 3)) if ctx.has_bias and ctx.needs_input_grad[2] else None
     return dx, dw, db
@@ -304,11 +325,23 @@ def _(x, weight, bias, bf16_out):
                        device=x.device, memory_format=torch.channels_last)
 
 
+@torch.library.custom_op("noisecraft::winograd_conv3x3_bf16_input_grad", mutates_args=())
+def input_grad_bf16_op(dy: torch.Tensor, weight: torch.Tensor, bf16_out: bool) -> torch.Tensor:
+    """dX of conv3x3_bf16_op, by the same kernel, in bf16 where bf16_out, else fp32."""
+    return convolve_bf16(channels_last(dy), filter_transform_bf16(weight, flipped=True), None,
+                         torch.bfloat16 if bf16_out else torch.float32)
+
+
+@input_grad_bf16_op.register_fake
+def _(dy, weight, bf16_out):
+    return torch.empty(dy.shape[0], weight.shape[1], *dy.shape[2:], dtype=torch.bfloat16 if bf16_out else torch.float32,
+                       device=dy.device, memory_format=torch.channels_last)
+
+
 def _bf16_op_backward(ctx, dy):
     x, weight = ctx.saved_tensors
     dy = channels_last(dy)
-    dx = (conv3x3_bf16_op(dy, weight.flip(2, 3).transpose(0, 1), None, x.dtype == torch.bfloat16)
-          if ctx.needs_input_grad[0] else None)
+    dx = input_grad_bf16_op(dy, weight, x.dtype == torch.bfloat16) if ctx.needs_input_grad[0] else None
     dw = weight_grad_op(x, dy, True).to(weight.dtype) if ctx.needs_input_grad[1] else None
     # The bias gradient summed in fp32 and rounded to bf16, as autocast's convolution gives it (asking sum() for
     # an fp32 result converts all of dY first: 10% of a bf16 training step).

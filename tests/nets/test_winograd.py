@@ -156,6 +156,18 @@ def test_other_calls_take_the_ordinary_convolution(case, monkeypatch):
     assert y.shape == (x_shape[0], 32, *x_shape[2:])
 
 
+def test_the_filters_are_read_in_any_layout_flipped_and_rounded_in_place():
+    """filter_transform() reads channels_last weights, the input gradient's flipped and transposed filters and
+    the bf16-rounded weights where they lie: the same numbers as from those tensors made first."""
+    w = torch.randn(64, 32, 3, 3).contiguous(memory_format=torch.channels_last)
+    flipped = w.flip(2, 3).transpose(0, 1).contiguous()
+    assert torch.equal(wg.filter_transform(w), wg.filter_transform(w.contiguous()))
+    assert torch.equal(wg.filter_transform(w, flipped=True), wg.filter_transform(flipped))
+    assert torch.equal(wg.filter_transform(w, round_bf16=True), wg.filter_transform(w.bfloat16()))
+    if wg.has_bf16():
+        assert torch.equal(wg.filter_transform_bf16(w, flipped=True), wg.filter_transform_bf16(flipped.bfloat16()))
+
+
 def test_the_kernels_refuse_buffers_they_would_misread():
     u = wg.filter_transform(torch.randn(32, 16, 3, 3))
     with pytest.raises(ValueError, match="channels_last fp32"):
@@ -242,7 +254,8 @@ def test_the_operators_that_torch_compile_sees_are_well_formed_and_exact():
     x = _nhwc(2, 16, 9, 9).requires_grad_()
     conv = _conv(16, 32)
     for op, args in ((wg.conv3x3_op, (x, conv.weight, conv.bias)),
-                     (wg.weight_grad_op, (x.detach(), torch.randn(2, 32, 9, 9), False))):
+                     (wg.weight_grad_op, (x.detach(), torch.randn(2, 32, 9, 9), False)),
+                     (wg.input_grad_op, (_nhwc(2, 32, 9, 9), conv.weight.detach()))):
         assert set(torch.library.opcheck(op, args).values()) == {"SUCCESS"}   # schema, fake tensors, autograd
     y = wg.conv3x3_op(x, conv.weight, conv.bias)
     dy = torch.randn_like(y)
@@ -325,7 +338,8 @@ def test_the_bf16_operators_are_well_formed():
     conv = _conv(16, 32)
     for op, args in ((wg.conv3x3_bf16_op, (x, conv.weight, conv.bias, True)),
                      (wg.conv3x3_bf16_op, (x, conv.weight, None, False)),
-                     (wg.weight_grad_op, (x.detach(), torch.randn(2, 32, 9, 9), True))):
+                     (wg.weight_grad_op, (x.detach(), torch.randn(2, 32, 9, 9), True)),
+                     (wg.input_grad_bf16_op, (_nhwc(2, 32, 9, 9), conv.weight.detach(), True))):
         assert set(torch.library.opcheck(op, args).values()) == {"SUCCESS"}
 
 
