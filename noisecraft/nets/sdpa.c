@@ -262,8 +262,7 @@ static inline bf16 *hat(hview t, long b, long h) { return t.p + b * t.b + h * t.
 int sdpa_forward_bf16(const void *q, const long *qs, const void *k, const long *ks, const void *v, const long *vs,
                       void *o, const long *os, void *P, long B, long H, long N, long L, long d, float scale) {
     HVIEW(Q, q, qs); HVIEW(K, k, ks); HVIEW(V, v, vs); HVIEW(O, o, os);
-    long runs = row_runs(B * H, N), rows = ((N + runs - 1) / runs + 15) / 16 * 16;
-    runs = (N + rows - 1) / rows;
+    long runs = row_runs(B * H, N), rows = (N + runs - 1) / runs;
     /* per thread, in floats: K^T pairs (d L / 2), V interleaved (d L / 2), S (rows L), P in bf16 (rows L / 2), O (rows d) */
     long per_thread = (d * L + rows * L + rows * L / 2 + rows * d + 15) / 16 * 16;
     float *buffers = malloc(sizeof(float) * per_thread * omp_get_max_threads());
@@ -302,7 +301,7 @@ int sdpa_backward_bf16(const void *q, const long *qs, const void *k, const long 
     for (long bh = 0; bh < B * H; bh++) {
         long b = bh / H, h = bh % H;
         float *base = buffers + omp_get_thread_num() * per_thread;
-        bf16 *op1 = (bf16 *)base, *op2 = op1 + big * d / 2 * 2 / 2;              /* big d / 2 floats each */
+        bf16 *op1 = (bf16 *)base, *op2 = op1 + big * d;                           /* big d values each */
         int32_t *vt = (int32_t *)(base + big * d);
         bf16 *pairs = (bf16 *)(vt + d * L / 2);
         float *dp = (float *)(pairs + N * L), *grad = dp + N * L;
