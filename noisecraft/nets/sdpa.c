@@ -54,12 +54,14 @@ static inline __attribute__((always_inline)) void block(int rb, int nv, long K, 
         for (int v = 0; v < nv; v++) *(vf *)(c + r * ldc + v * VL) = acc[r][v];
 }
 
-#define BLOCKS(rb, a_)                                                                                    \
+/* One block of rb rows at a_ by the nv vectors of columns left at j0 (1-4): each nv its own inlined copy of
+ * block_fn (block, or block_bf16 with K pairs), so that its sums stay in registers. */
+#define BLOCKS(block_fn, rb, K, a_)                                                                       \
     switch (nv) {                                                                                         \
-    case 4: block(rb, 4, K, a_, ar, ak, b + j0, ldb, c + i0 * ldc + j0, ldc); break;                      \
-    case 3: block(rb, 3, K, a_, ar, ak, b + j0, ldb, c + i0 * ldc + j0, ldc); break;                      \
-    case 2: block(rb, 2, K, a_, ar, ak, b + j0, ldb, c + i0 * ldc + j0, ldc); break;                      \
-    default: block(rb, 1, K, a_, ar, ak, b + j0, ldb, c + i0 * ldc + j0, ldc);                            \
+    case 4: block_fn(rb, 4, K, a_, ar, ak, b + j0, ldb, c + i0 * ldc + j0, ldc); break;                   \
+    case 3: block_fn(rb, 3, K, a_, ar, ak, b + j0, ldb, c + i0 * ldc + j0, ldc); break;                   \
+    case 2: block_fn(rb, 2, K, a_, ar, ak, b + j0, ldb, c + i0 * ldc + j0, ldc); break;                   \
+    default: block_fn(rb, 1, K, a_, ar, ak, b + j0, ldb, c + i0 * ldc + j0, ldc);                         \
     }
 
 /* c (M x Nc, ldc between rows) = A (M x K) @ B (K x Nc), A's element (i, k) at a[i * ar + k * ak], B's row k
@@ -70,8 +72,8 @@ static void gemm(long M, long Nc, long K, const float *a, long ar, long ak, cons
     for (long j0 = 0; j0 < Nc; j0 += NV * VL) {
         int nv = (int)((Nc - j0) / VL < NV ? (Nc - j0) / VL : NV);
         long i0 = 0;
-        for (; i0 + RB <= M; i0 += RB) BLOCKS(RB, a + i0 * ar)
-        for (; i0 < M; i0++) BLOCKS(1, a + i0 * ar)
+        for (; i0 + RB <= M; i0 += RB) BLOCKS(block, RB, K, a + i0 * ar)
+        for (; i0 < M; i0++) BLOCKS(block, 1, K, a + i0 * ar)
     }
 }
 
@@ -205,14 +207,6 @@ static inline __attribute__((always_inline)) void block_bf16(int rb, int nv, lon
         for (int v = 0; v < nv; v++) _mm512_storeu_ps(c + r * ldc + v * 16, acc[r][v]);
 }
 
-#define BLOCKS_BF16(rb, a_)                                                                               \
-    switch (nv) {                                                                                         \
-    case 4: block_bf16(rb, 4, KP, a_, ar, ak, b + j0, ldb, c + i0 * ldc + j0, ldc); break;                \
-    case 3: block_bf16(rb, 3, KP, a_, ar, ak, b + j0, ldb, c + i0 * ldc + j0, ldc); break;                \
-    case 2: block_bf16(rb, 2, KP, a_, ar, ak, b + j0, ldb, c + i0 * ldc + j0, ldc); break;                \
-    default: block_bf16(rb, 1, KP, a_, ar, ak, b + j0, ldb, c + i0 * ldc + j0, ldc);                      \
-    }
-
 /* c (M x Nc, fp32) = A @ B over KP pairs: A's pair (i, k) the int32 a[i * ar + k * ak], B's pair-row k the Nc
  * int32 at b + k * ldb (column j's pair at b[k * ldb + j]); Nc a multiple of 16. */
 static void gemm_bf16(long M, long Nc, long KP, const int32_t *a, long ar, long ak, const int32_t *b, long ldb,
@@ -220,8 +214,8 @@ static void gemm_bf16(long M, long Nc, long KP, const int32_t *a, long ar, long 
     for (long j0 = 0; j0 < Nc; j0 += NV * 16) {
         int nv = (int)((Nc - j0) / 16 < NV ? (Nc - j0) / 16 : NV);
         long i0 = 0;
-        for (; i0 + RB <= M; i0 += RB) BLOCKS_BF16(RB, a + i0 * ar)
-        for (; i0 < M; i0++) BLOCKS_BF16(1, a + i0 * ar)
+        for (; i0 + RB <= M; i0 += RB) BLOCKS(block_bf16, RB, KP, a + i0 * ar)
+        for (; i0 < M; i0++) BLOCKS(block_bf16, 1, KP, a + i0 * ar)
     }
 }
 

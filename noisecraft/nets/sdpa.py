@@ -67,8 +67,11 @@ def applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tenso
         sizes = (not torch.is_autocast_enabled("cpu") and width > 0 and d % width == 0 and length % width == 0)
     else:
         sizes = all(m % BF16_MULTIPLE == 0 for m in (n, length, d)) and winograd.has_bf16()
-    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-    return sizes and n * length <= (TRAIN_SCORES if grad else SCORES)
+    return sizes and n * length <= (TRAIN_SCORES if _with_grad(q, k, v) else SCORES)
+
+
+def _with_grad(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
 
 
 def _strides(t: torch.Tensor):
@@ -124,6 +127,6 @@ class Attention(torch.autograd.Function):
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """layers.attention() by the kernels (see applies())."""
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+    if _with_grad(q, k, v):
         return Attention.apply(q, k, v)
     return forward(q, k, v, keep=False)[0]
