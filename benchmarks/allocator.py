@@ -1,9 +1,9 @@
 """What noisecraft.device.keep_freed_memory() (glibc malloc keeping freed memory) changes, in fresh processes.
 
 The setting is process-wide and cannot be undone within a process, so each reading is its own process:
-noisecraft's `small` UNet and the diffusers UNet2DModel of benchmarks/speed.py, each with glibc's default
-malloc and with keep_freed_memory(), alternating, for several rounds. Per reading: forward images/s at batch
-16 and 64 (the best of 6 calls after 2 warm-up calls; inference_mode), a training step at batch 32 (best
+noisecraft's `small` UNet (fp32, and bf16 autocast) and the diffusers UNet2DModel of benchmarks/speed.py,
+each with glibc's default malloc and with keep_freed_memory(), alternating, for several rounds. Per reading:
+forward images/s at batch 16 and 64 (the best of 6 calls after 2 warm-up calls; inference_mode), a training step at batch 32 (best
 of 3), and per call the median minor page faults and kernel (system) CPU time, the cost that the setting
 removes. Page faults are a count, not a time: they do not depend on what else the machine is doing.
 
@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent
-MODELS = ("noisecraft", "diffusers")
+MODELS = ("noisecraft", "noisecraft-bf16", "diffusers")
 SETTINGS = ("default", "kept")
 
 

@@ -254,7 +254,10 @@ def speed_section() -> list[str]:
            f"({r['params_millions']['diffusers']:.2f} M, {gf['diffusers']:.3f} GFLOP; counted with torch's FlopCounterMode). "
            f"Best of {r.get('repeats', 5)} after warm-up, libraries alternating"
            + (f", the better of {r['rounds']} rounds" if r.get("rounds", 1) > 1 else "")
-           + f"; torch {r['torch']}, {r['threads']} threads, {r['cpu']}.",
+           + f"; torch {r['torch']}, {r['threads']} threads, {r['cpu']}."
+           + (" Timings with glibc's malloc keeping freed memory (`noisecraft.device.keep_freed_memory()`, as the "
+              "command line runs), for both libraries; memory probes in fresh processes with its default."
+              if r.get("malloc") == "kept" else ""),
            "",
            f"Machine ceiling (GFLOP/s): fp32 convolution {ceil['fp32']['conv_gflops']:.0f}, matmul "
            f"{ceil['fp32']['matmul_gflops']:.0f}; bf16 convolution {ceil['bf16']['conv_gflops']:.0f}, matmul "
@@ -280,11 +283,12 @@ def speed_section() -> list[str]:
                    + (f"| {m['peak_tensor_mb_forward']:.0f} / {m['peak_tensor_mb_train']:.0f} |" if "peak_tensor_mb_train" in m
                       else "| - |"))
     if "peak_memory_mb_forward_range" in res["noisecraft"]:
-        out += ["", "Peak memory, the median of 5 fresh processes each: the growth of the resident set (what the "
+        probes = r.get("memory_probes", 5)
+        out += ["", f"Peak memory, the median of {probes} fresh processes each: the growth of the resident set (what the "
                 "operating system sees), and the peak of live tensors (the profiler's count of every allocation and "
                 "free, the CPU's counterpart of `torch.cuda.max_memory_allocated`; it does not depend on how glibc's "
                 "malloc reuses freed blocks, which moves the resident figure by up to 100 MB from process to process). "
-                "Resident ranges over the 5 processes (MB): " + "; ".join(
+                f"Resident ranges over the {probes} processes (MB): " + "; ".join(
             f"{name} forward {res[name]['peak_memory_mb_forward_range'][0]:.0f}-{res[name]['peak_memory_mb_forward_range'][1]:.0f}, "
             f"train {res[name]['peak_memory_mb_train_range'][0]:.0f}-{res[name]['peak_memory_mb_train_range'][1]:.0f}"
             for name in ("noisecraft", "noisecraft-direct", "diffusers") if name in res) + "."]

@@ -11,7 +11,7 @@ Measured, each as the best of several timed repeats after warm-up, alternating t
   - forward images/s at batch 1, 16 and 64 (inference_mode); training images/s (forward, backward and
     an AdamW step at batch 32); end-to-end sampling of 64 images with 20 DPM-Solver++(2M) steps, and of
     1 image (the latency of one picture: what a person at the web page waits for);
-  - peak memory of a batch-64 forward and a batch-32 training step, two ways, each the median of 5 fresh
+  - peak memory of a batch-64 forward and a batch-32 training step, two ways, each the median of 7 fresh
     processes: the resident-set growth (what the operating system sees; single readings of one
     configuration spread over 100 MB, as glibc's malloc reuses freed blocks differently from run to run)
     and the peak of live tensors (the profiler's count of allocations and frees: exact and repeatable);
@@ -20,6 +20,9 @@ Measured, each as the best of several timed repeats after warm-up, alternating t
     in a bf16 training step, and the compiled kernels on and off in one process (the bf16 Winograd products;
     the attention kernels in fp32 and bf16; the fused GroupNorm + SiLU in fp32 and bf16) on the forward at
     batch 16 and the training step.
+The timings run in one process that keeps freed memory (noisecraft.device.keep_freed_memory(), as the command
+line runs; both libraries), the memory probes in fresh processes with glibc's default malloc.
+
 Configurations: noisecraft as shipped (fp32, channels_last, Winograd 3x3 convolutions, fused GroupNorm +
 SiLU, its own attention kernels), noisecraft-direct (the same with PyTorch's direct convolutions: the Winograd lever alone), noisecraft
 bf16 autocast (with bf16 Winograd products and attention where the CPU has AVX-512 BF16),
@@ -54,7 +57,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from noisecraft.device import cpu_has_bf16, speed_up
+from noisecraft.device import cpu_has_bf16, keep_freed_memory, speed_up
 from noisecraft.io import atomic_write_json
 from noisecraft.models import DiffusionModel, ModelConfig
 from noisecraft.nets import PRESETS
@@ -66,7 +69,7 @@ ROOT = Path(__file__).resolve().parent
 PRESET = "small"
 BATCHES = (1, 16, 64)
 TRAIN_BATCH, SAMPLE_SIZES, SAMPLE_STEPS = 32, (64, 1), 20
-MEMORY_PROBES = 5
+MEMORY_PROBES = 7
 ROUNDS = 2
 
 
@@ -385,6 +388,11 @@ def main() -> None:
     if args.memory_probe:
         memory_probe(args.memory_probe)
         return
+    # The timings run with glibc's malloc keeping freed memory, as noisecraft's command line runs
+    # (docs/training.md): no page faults for the tensors each call allocates. diffusers runs with it too and
+    # gains from it as well, so no ratio counts it for noisecraft alone. The memory probes are fresh
+    # processes with glibc's default malloc: each library's resident set as it comes.
+    malloc = "kept" if keep_freed_memory() else "default"
 
     # Where the CPU has no bf16 instructions, oneDNN emulates bf16 through fp32, many times slower (the
     # ceiling below shows by how much): its configurations would take hours and say nothing new.
@@ -407,10 +415,11 @@ def main() -> None:
     if abs(flops["diffusers"] / flops["noisecraft"] - 1) > 0.10:
         raise SystemExit(f"FLOPs differ by more than 10%: {flops}")
     report = {"torch": torch.__version__, "threads": torch.get_num_threads(), "repeats": args.repeats, "rounds": ROUNDS,
+              "memory_probes": MEMORY_PROBES,
               "cpu": platform.processor() or platform.machine(), "preset": PRESET,
               "gflops_per_image": {k: v / 1e9 for k, v in flops.items()},
               "params_millions": {k: v / 1e6 for k, v in params.items()}, "ceiling": ceiling(args.repeats, bf16),
-              "cpu_has_bf16": bf16}
+              "cpu_has_bf16": bf16, "malloc": malloc}
     print(json.dumps({k: report[k] for k in ("gflops_per_image", "params_millions", "ceiling")}), flush=True)
 
     # Libraries alternate within each measurement, and every figure is the best of ROUNDS rounds minutes

@@ -119,6 +119,9 @@ class UNet(nn.Module):
         for block in self.up:
             if isinstance(block, Upsample):
                 h = block(h)
-            else:
-                h = block(concat_channels([h, hs.pop()]), emb, context, context_mask)
+            else:                   # the names let go of their tensors early: at inference, the block's reuse their memory
+                x = concat_channels([h, hs.pop()])
+                del h
+                h = block(x, emb, context, context_mask)
+                del x
         return norm_conv(self.out[2], self.out[0], h).contiguous()           # (B, C, H, W)
