@@ -292,6 +292,14 @@ def speed_section() -> list[str]:
             f"{name} forward {res[name]['peak_memory_mb_forward_range'][0]:.0f}-{res[name]['peak_memory_mb_forward_range'][1]:.0f}, "
             f"train {res[name]['peak_memory_mb_train_range'][0]:.0f}-{res[name]['peak_memory_mb_train_range'][1]:.0f}"
             for name in ("noisecraft", "noisecraft-direct", "diffusers") if name in res) + "."]
+    fixed = [name for name in ("noisecraft", "diffusers", "noisecraft-bf16", "diffusers-bf16")
+             if "peak_memory_mb_forward_fixed_mmap" in res.get(name, {})]
+    if fixed:
+        out += ["", "Resident growth with glibc's mmap threshold fixed at 1 MB (`MALLOC_MMAP_THRESHOLD_=1048576`: "
+                "every block of 1 MB or more mapped with its tensor and unmapped when it dies, so the heap does not "
+                "fragment and the readings repeat), the median of 3 fresh processes, forward b64 / train b32 (MB): "
+                + "; ".join(f"{name} {res[name]['peak_memory_mb_forward_fixed_mmap']:.0f} / "
+                            f"{res[name]['peak_memory_mb_train_fixed_mmap']:.0f}" for name in fixed) + "."]
     c = res["noisecraft-compile"]
     out += ["", f"`--compile` (torch.compile, fp32; compiled graphs keep the Winograd kernels as custom operators): "
             f"forward b16 "

@@ -15,6 +15,8 @@ Measured, each as the best of several timed repeats after warm-up, alternating t
     processes: the resident-set growth (what the operating system sees; single readings of one
     configuration spread over 100 MB, as glibc's malloc reuses freed blocks differently from run to run)
     and the peak of live tensors (the profiler's count of allocations and frees: exact and repeatable);
+    and the resident growth again, the median of 3, with glibc's mmap threshold fixed at 1 MB (FIXED_MMAP:
+    repeatable within a few MB) for noisecraft and diffusers in fp32 and bf16;
   - each figure as achieved GFLOP/s and as a share of the ceiling of its precision;
   - levers alone: PyTorch's fused attention kernel, the explicit product and noisecraft's attention kernels
     in a bf16 training step, and the compiled kernels on and off in one process (the bf16 Winograd products;
@@ -48,6 +50,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -70,6 +73,11 @@ PRESET = "small"
 BATCHES = (1, 16, 64)
 TRAIN_BATCH, SAMPLE_SIZES, SAMPLE_STEPS = 32, (64, 1), 20
 MEMORY_PROBES = 7
+# The resident peak again with glibc's mmap threshold fixed at 1 MB, so that every block of that size or more
+# is mapped when its tensor is made and unmapped when it dies: the readings then repeat within a few MB
+# (docs/training.md), what the step needs rather than how the heap happened to fragment.
+FIXED_MMAP = {"MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
+FIXED_PROBES, FIXED_NAMES = 3, ("noisecraft", "noisecraft-bf16", "diffusers", "diffusers-bf16")
 ROUNDS = 2
 
 
@@ -279,12 +287,12 @@ def _status_kb(field: str) -> int:
     return int(line.split()[1])
 
 
-def peak_memory_mb(name: str, mode: str) -> tuple[float, float]:
+def peak_memory_mb(name: str, mode: str, malloc_env: dict | None = None) -> tuple[float, float]:
     """Two peaks (MB) of a batch-64 forward or a batch-32 training step in a fresh process: the resident-set
     growth over two calls, after the model is built (clear_refs 5, so imports and construction do not
-    count), then the peak of live tensors during a third call."""
+    count), then the peak of live tensors during a third call. malloc_env: glibc settings for that process."""
     out = subprocess.run([sys.executable, __file__, "--memory-probe", f"{name}:{mode}"], capture_output=True,
-                         text=True, check=True)
+                         text=True, check=True, env={**os.environ, **(malloc_env or {})})
     rss, tensors = out.stdout.strip().splitlines()[-1].split()
     return float(rss), float(tensors)
 
@@ -455,6 +463,10 @@ def main() -> None:
             results[name][f"peak_memory_mb_{mode}_range"] = [rss[0], rss[-1]]
             results[name][f"peak_tensor_mb_{mode}"] = tensors[len(tensors) // 2]
             results[name][f"peak_tensor_mb_{mode}_range"] = [tensors[0], tensors[-1]]
+            if name in FIXED_NAMES:
+                fixed = sorted(peak_memory_mb(name, mode, FIXED_MMAP)[0] for _ in range(FIXED_PROBES))
+                results[name][f"peak_memory_mb_{mode}_fixed_mmap"] = fixed[len(fixed) // 2]
+                results[name][f"peak_memory_mb_{mode}_fixed_mmap_range"] = [fixed[0], fixed[-1]]
 
     flop_of = lambda name: flops["diffusers" if name.startswith("diffusers") else "noisecraft"]
     for name, r in results.items():
